@@ -1,0 +1,136 @@
+"""``HyperoptCluster``: the one entry point for notebooks and scripts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from .errors import ClusterNotStartedError
+from .inventory import InventorySpec
+from .launchers import LocalMongoLauncher, MasterLauncher, RoundRobinLauncher, WorkerLauncher
+from .state import JOBS_COLLECTION, ClusterInfo
+from .validation import check_dbname, check_poll_interval, check_worker_count
+
+
+class HyperoptCluster:
+    """A Hyperopt cluster: one MongoDB-protocol server on the control node and
+    ``hyperopt-worker@<n>`` workers placed round-robin over the inventory's ``hyperopt_workers``.
+
+    >>> cluster = HyperoptCluster("inventories/local")
+    >>> cluster.start(worker_count=2)
+    >>> trials = MongoTrials(cluster.mongo_trial_url, exp_key="exp1")
+    """
+
+    def __init__(
+        self,
+        inventory: InventorySpec,
+        master_launcher: MasterLauncher | None = None,
+        worker_launcher: WorkerLauncher | None = None,
+        dbpath: str | Path | None = None,
+        dbname: str = "hyperopt",
+        worker_poll_intervall: float = 0.1,
+    ) -> None:
+        self._dbname = check_dbname(dbname)
+        check_poll_interval(worker_poll_intervall)
+        self._inventory = inventory
+        self._master = master_launcher or LocalMongoLauncher(inventory, dbpath=dbpath, dbname=dbname)
+        self._workers = worker_launcher or RoundRobinLauncher(
+            inventory, dbname=dbname, poll_interval=worker_poll_intervall
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(
+        self,
+        worker_count: int | None = None,
+        master_port: int | Sequence[int] | None = None,
+        debug: bool = False,
+    ) -> None:
+        """Start the server, then the workers (default: one per worker host)."""
+        if worker_count is not None:
+            check_worker_count(worker_count)
+        self.start_master(master_port, debug=debug)
+        self.start_workers(worker_count, debug=debug)
+
+    def start_master(
+        self, master_port: int | Sequence[int] | None = None, timeout: float = 3, debug: bool = False
+    ) -> None:
+        """Start (or re-converge) the server. A single port must be free (``PortInUseError``), a list
+        means the first free one (``NoPortsLeftError``), None means 27017 then a range."""
+        self._master.start(master_port, timeout=timeout, debug=debug)
+
+    def start_workers(self, count: int | None = None, debug: bool = False) -> None:
+        """Start ``count`` workers round-robin (None: one per worker host); a smaller count than
+        before stops the surplus ones."""
+        if self._master.port is None:
+            raise ClusterNotStartedError("start the master first: call start() or start_master()")
+        self._workers.start(count, self._master.port, debug=debug)
+
+    def cleanup(self) -> None:
+        """Stop every worker, then the server. Data and the generated password are kept."""
+        try:
+            self._workers.cleanup()
+        finally:
+            self._master.cleanup()
+
+    def print_log(self) -> None:
+        """Print the output of every playbook run made for this cluster (secrets are never in it)."""
+        for launcher in (self._master, self._workers):
+            log = getattr(launcher, "log", None)
+            if callable(log):
+                print(log())
+
+    def __enter__(self) -> HyperoptCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    # -- what the playbooks published --------------------------------------------------------------
+    @property
+    def info(self) -> ClusterInfo:
+        """Everything the last run published (server address, port, workers per host, ...)."""
+        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
+        if info is None:
+            raise ClusterNotStartedError("the cluster is not started: call start() or start_master() first")
+        return info
+
+    @property
+    def master_port(self) -> int | None:
+        return self._master.port
+
+    @property
+    def mongo_url(self) -> str:
+        """``mongo://user:password@host:port/dbname`` (the password is needed by MongoTrials)."""
+        return self.info.mongo_url()
+
+    @property
+    def mongo_trial_url(self) -> str:
+        """``mongo://user:password@host:port/dbname/jobs``: pass it to ``MongoTrials``."""
+        return self.info.mongo_url(collection=JOBS_COLLECTION)
+
+    @property
+    def workers_per_host(self) -> dict[str, list[int]]:
+        """Worker instance ids per inventory host, as placed by the worker role."""
+        info = getattr(self._workers, "info", None)
+        return dict(info.workers) if info else {}
+
+    @property
+    def dbname(self) -> str:
+        return self._dbname
+
+    @property
+    def inventory(self) -> InventorySpec:
+        return self._inventory
+
+    def __repr__(self) -> str:
+        try:
+            where = self.info.mongo_url(with_password=False)
+        except ClusterNotStartedError:
+            where = "not started"
+        return f"HyperoptCluster({self._inventory!r}, {where})"

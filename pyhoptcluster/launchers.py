@@ -1,0 +1,174 @@
+"""Strategies that start the server and the workers, each by running the project's playbooks.
+
+``MasterLauncher`` and ``WorkerLauncher`` are the interfaces for custom strategies (lazycluster's
+seed API); ``LocalMongoLauncher`` and ``RoundRobinLauncher`` are the defaults. Neither re-implements
+a role: they choose extra vars and tags, run ``playbooks/site.yml`` or ``playbooks/stop.yml``, and
+read the published result.
+"""
+
+from __future__ import annotations
+
+import abc
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import runner
+from .errors import ClusterNotStartedError
+from .inventory import InventorySpec, normalize
+from .state import ClusterInfo
+from .validation import check_dbname, check_poll_interval, check_ports, check_worker_count
+
+MASTER_TAG = "hyperopt_mongodb"
+WORKER_TAG = "hyperopt_worker"
+
+
+class _PlaybookLauncher:
+    """Shared plumbing: the normalised inventory, the runs made so far, the last published result."""
+
+    def __init__(self, inventory: InventorySpec, extravars: Mapping[str, Any] | None = None) -> None:
+        self._inventory = normalize(inventory)
+        self._extravars: dict[str, Any] = dict(extravars or {})
+        self.runs: list[runner.PlaybookRun] = []
+        self.info: ClusterInfo | None = None
+
+    def _run(self, playbook: str, tags: str, extravars: Mapping[str, Any], debug: bool) -> runner.PlaybookRun:
+        run = runner.run_playbook(
+            playbook, self._inventory, {**self._extravars, **extravars}, tags=tags, debug=debug
+        )
+        self.runs.append(run)
+        run.raise_for_failure()
+        return run
+
+    def _publish(self, run: runner.PlaybookRun) -> ClusterInfo:
+        self.info = ClusterInfo.from_stats(run.stats)
+        return self.info
+
+    def _command(self, playbook: str, tags: str, extravars: Mapping[str, Any]) -> str:
+        inv = self._inventory if isinstance(self._inventory, str) else "<inventory dict>"
+        words = ["ansible-playbook", str(runner.ansible_dir() / "playbooks" / playbook), "-i", inv]
+        words += ["--tags", tags]
+        for key, value in {**self._extravars, **extravars}.items():
+            words += ["-e", f"{key}={value}"]
+        return shlex.join(words)
+
+    def log(self) -> str:
+        return "\n".join(f"=== {r.playbook} ({r.status}) ===\n{r.output}" for r in self.runs)
+
+
+class MasterLauncher(abc.ABC):
+    """Starts and stops the one MongoDB-protocol server of a cluster."""
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int | None:
+        """The port the server listens on, None before start."""
+
+    @abc.abstractmethod
+    def start(self, ports: int | Sequence[int] | None, timeout: float = 3, debug: bool = False) -> list[int]:
+        """Start the server on the first free port of ``ports``; return the ports left unused."""
+
+    @abc.abstractmethod
+    def cleanup(self) -> None:
+        """Stop the server (data and credentials are kept)."""
+
+
+class WorkerLauncher(abc.ABC):
+    """Starts and stops the hyperopt workers of a cluster."""
+
+    @abc.abstractmethod
+    def start(self, worker_count: int | None, master_port: int | None, debug: bool = False) -> None:
+        """Start ``worker_count`` workers (None: one per worker host) against the server."""
+
+    @abc.abstractmethod
+    def cleanup(self) -> None:
+        """Stop every worker on every worker host."""
+
+
+class LocalMongoLauncher(_PlaybookLauncher, MasterLauncher):
+    """The server on the control node (inventory group ``hyperopt_master``), via the
+    ``hyperopt_mongodb`` role."""
+
+    def __init__(
+        self,
+        inventory: InventorySpec,
+        dbpath: str | Path | None = None,
+        dbname: str = "hyperopt",
+        extravars: Mapping[str, Any] | None = None,
+    ) -> None:
+        check_dbname(dbname)
+        base = {"hyperopt_mongodb_dbname": dbname, **dict(extravars or {})}
+        if dbpath is not None:
+            base["hyperopt_mongodb_dbpath"] = str(Path(dbpath).expanduser().absolute())
+        super().__init__(inventory, base)
+
+    @property
+    def port(self) -> int | None:
+        return self.info.server_port if self.info else None
+
+    def _start_vars(self, ports: int | Sequence[int] | None, timeout: float) -> dict[str, Any]:
+        extravars: dict[str, Any] = {"hyperopt_mongodb_start_timeout": float(timeout)}
+        if ports is not None:
+            extravars["hyperopt_mongodb_port"] = check_ports(ports)
+        return extravars
+
+    def start(self, ports: int | Sequence[int] | None, timeout: float = 3, debug: bool = False) -> list[int]:
+        run = self._run("site.yml", MASTER_TAG, self._start_vars(ports, timeout), debug)
+        info = self._publish(run)
+        if ports is None or isinstance(ports, int):
+            return []
+        return [p for p in ports if p != info.server_port]
+
+    def get_mongod_start_cmd(self) -> str:
+        """The command that starts (or re-converges) the server the way ``start()`` does."""
+        return self._command("site.yml", MASTER_TAG, {})
+
+    def get_mongod_stop_cmd(self) -> str:
+        """The command that stops the server the way ``cleanup()`` does."""
+        return self._command("stop.yml", MASTER_TAG, {})
+
+    def cleanup(self) -> None:
+        self._run("stop.yml", MASTER_TAG, {}, debug=False)
+        self.info = None
+
+
+class RoundRobinLauncher(_PlaybookLauncher, WorkerLauncher):
+    """Workers as ``hyperopt-worker@<n>`` units (or daemons), worker i on hosts[i % len(hosts)],
+    via the ``hyperopt_worker`` role."""
+
+    def __init__(
+        self,
+        inventory: InventorySpec,
+        dbname: str = "hyperopt",
+        poll_interval: float = 0.1,
+        extravars: Mapping[str, Any] | None = None,
+    ) -> None:
+        check_dbname(dbname)
+        self.dbname = dbname
+        self.poll_interval = check_poll_interval(poll_interval)
+        base = {
+            "hyperopt_mongodb_dbname": dbname,
+            "hyperopt_worker_poll_interval": self.poll_interval,
+            **dict(extravars or {}),
+        }
+        super().__init__(inventory, base)
+
+    def start(self, worker_count: int | None, master_port: int | None = None, debug: bool = False) -> None:
+        extravars: dict[str, Any] = {}
+        if worker_count is not None:
+            extravars["hyperopt_worker_count"] = check_worker_count(worker_count)
+        info = self._publish(self._run("site.yml", WORKER_TAG, extravars, debug))
+        if master_port is not None and info.server_port != master_port:
+            raise ClusterNotStartedError(
+                f"the running server listens on port {info.server_port}, not {master_port}; "
+                "start the master with that port first"
+            )
+
+    @property
+    def workers_per_host(self) -> dict[str, list[int]]:
+        return dict(self.info.workers) if self.info else {}
+
+    def cleanup(self) -> None:
+        self._run("stop.yml", WORKER_TAG, {}, debug=False)
+        self.info = None

@@ -1,0 +1,160 @@
+"""ansible-runner glue: the only module that imports ansible_runner.
+
+Runs one of the project's playbooks in a fresh private data dir, collects the output for
+``print_log()``, the failures for error messages, and the ``set_stats`` result from the
+``playbook_on_stats`` event.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MESSAGE_PREFIXES, PlaybookError
+
+_PLAYBOOK_DIR_ENV = "PYHOPTCLUSTER_ANSIBLE_DIR"
+
+
+def ansible_dir() -> Path:
+    """The folder holding ansible.cfg, playbooks/ and roles/ (the repo root of a checkout)."""
+    override = os.environ.get(_PLAYBOOK_DIR_ENV)
+    root = Path(override) if override else Path(__file__).resolve().parent.parent
+    if not (root / "playbooks" / "site.yml").is_file():
+        raise PlaybookError(
+            f"pyhoptcluster's playbooks were not found under {root}; install pyhoptcluster from a "
+            f"checkout (pip install -e <checkout>) or set {_PLAYBOOK_DIR_ENV} to the checkout"
+        )
+    return root
+
+
+@dataclass(frozen=True)
+class HostFailure:
+    host: str
+    task: str
+    message: str
+    unreachable: bool = False
+
+    def __str__(self) -> str:
+        kind = "unreachable" if self.unreachable else "failed"
+        return f"{self.host} {kind} at '{self.task}': {self.message}"
+
+
+@dataclass(frozen=True)
+class PlaybookRun:
+    playbook: str
+    status: str
+    rc: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    failures: list[HostFailure] = field(default_factory=list)
+    output: str = ""
+    changed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and self.rc == 0
+
+    def raise_for_failure(self) -> None:
+        """Raise the exception named by the first failure message, else PlaybookError."""
+        if self.ok:
+            return
+        for failure in self.failures:
+            prefix, _, rest = failure.message.partition(":")
+            exc_type = MESSAGE_PREFIXES.get(prefix.strip())
+            if exc_type is not None and rest:
+                raise exc_type(rest.strip())
+        details = [str(f) for f in self.failures]
+        summary = "; ".join(details) if details else f"status {self.status}, rc {self.rc}"
+        raise PlaybookError(
+            f"{self.playbook} failed: {summary}. See print_log() for the whole output.", details
+        )
+
+
+def _message(res: Mapping[str, Any]) -> str:
+    msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if isinstance(msg, list):
+        msg = " ".join(str(m) for m in msg)
+    return str(msg).strip() or "no message (see print_log())"
+
+
+def run_playbook(
+    playbook: str,
+    inventory: str | Mapping[str, Any],
+    extravars: Mapping[str, Any] | None = None,
+    *,
+    tags: str | None = None,
+    debug: bool = False,
+) -> PlaybookRun:
+    """Run ``playbooks/<playbook>`` of the project and return what happened (never raises for a
+    failed play; call ``raise_for_failure()``)."""
+    import ansible_runner  # control side only: worker hosts never import this module
+
+    root = ansible_dir()
+    playbook_path = root / "playbooks" / playbook
+    events: list[dict[str, Any]] = []
+
+    def on_event(event: dict[str, Any]) -> bool:
+        events.append(event)
+        return True
+
+    # The interpreter running the facade also runs ansible-playbook's helpers: put its bin dir first
+    # so a notebook that never activated the venv still finds the matching ansible-playbook.
+    bin_dir = str(Path(sys.executable).parent)
+    envvars = {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(root / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(root / "collections"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    private_dir = tempfile.mkdtemp(prefix="pyhoptcluster-run-")
+    try:
+        result = ansible_runner.run(
+            private_data_dir=private_dir,
+            project_dir=str(root),
+            playbook=str(playbook_path),
+            inventory=inventory,
+            extravars=dict(extravars or {}),
+            envvars=envvars,
+            tags=tags,
+            quiet=not debug,
+            event_handler=on_event,
+            rotate_artifacts=1,
+            suppress_env_files=True,
+            verbosity=1 if debug else 0,
+        )
+        output_lines = [e["stdout"] for e in events if e.get("stdout")]
+        stats: dict[str, Any] = {}
+        changed: dict[str, int] = {}
+        failures: list[HostFailure] = []
+        for event in events:
+            data = event.get("event_data") or {}
+            kind = event.get("event")
+            if kind == "playbook_on_stats":
+                stats = dict(data.get("artifact_data") or {})
+                changed = {str(h): int(n) for h, n in (data.get("changed") or {}).items()}
+            elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+                failures.append(
+                    HostFailure(
+                        host=str(data.get("host", "?")),
+                        task=str(data.get("task", "?")),
+                        message=_message(data.get("res") or {}),
+                        unreachable=kind == "runner_on_unreachable",
+                    )
+                )
+        return PlaybookRun(
+            playbook=playbook,
+            status=str(result.status),
+            rc=int(result.rc if result.rc is not None else -1),
+            stats=stats,
+            failures=failures,
+            output="\n".join(output_lines),
+            changed=changed,
+        )
+    finally:
+        shutil.rmtree(private_dir, ignore_errors=True)
