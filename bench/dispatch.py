@@ -178,7 +178,7 @@ def main() -> None:
     cluster.start_master(master_port=list(range(27117, 27140)), timeout=30)
     print(f"start_master: {time.perf_counter() - t0:.1f} s", flush=True)
     try:
-        raw = bench_raw_reservations(cluster.mongo_url)
+        raw = bench_raw_reservations(cluster.info.pymongo_uri())
         rows.append(("server raw find_one_and_update (1 client)", raw, None))
         for k in args.workers:
             t0 = time.perf_counter()

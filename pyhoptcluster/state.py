@@ -86,3 +86,8 @@ class ClusterInfo:
             userinfo += "@"
         url = f"mongo://{userinfo}{host}:{self.server_port}/{self.dbname}"
         return f"{url}/{collection}" if collection else url
+
+    def pymongo_uri(self) -> str:
+        """``mongodb://…/dbname?authSource=dbname`` for ``pymongo.MongoClient`` (direct access)."""
+        uri = "mongodb://" + self.mongo_url().removeprefix("mongo://")
+        return f"{uri}?authSource={self.dbname}" if self.auth and self.username else uri
