@@ -13,7 +13,7 @@ short_description: Wait until a MongoDB-protocol server answers ping
 version_added: "0.1.0"
 description:
   - Sends the C(ping) command (an C(OP_MSG) on database C(admin)) to O(host):O(port) until the
-    server answers C(ok: 1) or O(timeout) seconds have passed, trying every O(interval) seconds.
+    server answers C(ok=1) or O(timeout) seconds have passed, trying every O(interval) seconds.
   - C(ping) needs no authentication, so this works against a server running with auth on.
   - Uses only the Python standard library (it speaks the wire protocol itself), so it runs on any
     host's C(python3) without pymongo. Plain TCP only (no TLS).

@@ -17,7 +17,7 @@ description:
     the roles O(roles) on O(dbname) and the password held in O(password_file).
   - The password is read from a file on the host the module runs on; it is never a module option, never
     returned and masked in any output. The server hashes it (SCRAM-SHA-256).
-  - Idempotent: an existing user is left alone when its roles match and the password authenticates
+  - Idempotent. An existing user is left alone when its roles match and the password authenticates
     (a SCRAM handshake, which servers answer even while auth is not enforced).
   - Needs pymongo (>= 4.6) in the Python that runs the module, i.e. the control node's
     C(ansible_python_interpreter).
