@@ -1,0 +1,124 @@
+"""Helpers for tests that bring up the local cluster (inventories/local) in a private state dir.
+
+Every cluster gets its own copy of the local inventory whose group_vars point the server's and the
+workers' state dirs into a tmp dir, so tests never touch a user's cluster; the worker venv and the
+SecantusDB venv are shared (installing them is slow and they hold no state).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SHARED = Path("~/.local/share/pyhoptcluster").expanduser()
+
+
+@dataclass
+class LocalInventory:
+    path: Path  # inventory directory
+    state_dir: Path  # server state (password, db, pid, server.json)
+    worker_state_dir: Path
+
+    def playbook(self, name: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``ansible-playbook playbooks/<name> -i <inventory>`` from the repo root."""
+        cmd = [str(BIN / "ansible-playbook"), f"playbooks/{name}", "-i", str(self.path), *extra]
+        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def pids(self) -> dict[str, int]:
+        """Live pids of this cluster's server and workers, from their pid files."""
+        found: dict[str, int] = {}
+        for pidfile in [*self.state_dir.rglob("*.pid"), *self.worker_state_dir.rglob("*.pid")]:
+            try:
+                pid = int(pidfile.read_text().split()[0])
+                os.kill(pid, 0)
+            except (OSError, ValueError, IndexError):
+                continue
+            found[str(pidfile)] = pid
+        return found
+
+    def kill_leftovers(self) -> None:
+        for pid in self.pids().values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def make_local_inventory(tmp: Path, **group_vars: object) -> LocalInventory:
+    inv = tmp / "inventory"
+    shutil.copytree(ROOT / "inventories" / "local", inv)
+    state, wstate = tmp / "server-state", tmp / "worker-state"
+    all_vars_file = inv / "group_vars" / "all.yml"
+    all_vars = yaml.safe_load(all_vars_file.read_text()) or {}
+    all_vars.update(
+        {
+            "hyperopt_mongodb_state_dir": str(state),
+            # share the (slow to install, stateless) SecantusDB venv with the default location
+            "hyperopt_mongodb_pip_venv": str(SHARED / "secantusdb-venv"),
+            "hyperopt_worker_state_dir": str(wstate),
+            **group_vars,
+        }
+    )
+    all_vars_file.write_text(yaml.safe_dump(all_vars))
+    return LocalInventory(inv, state, wstate)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """Pids still alive after ``timeout`` (empty = all gone)."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.1)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def all_cmdlines() -> str:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                out.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+    return "\n".join(out)
