@@ -38,19 +38,33 @@ PROGRAM = textwrap.dedent(
 def run_daemon(check: bool = False, **args) -> tuple[int, dict]:
     """Run the module once on localhost; returns (rc, result dict)."""
     cmd = [
-        str(ANSIBLE), "localhost", "-c", "local", "-i", "localhost,",
-        "-e", f"ansible_python_interpreter={sys.executable}",
-        "-m", "pyhoptcluster.cluster.daemon", "-a", json.dumps(args),
+        str(ANSIBLE),
+        "localhost",
+        "-c",
+        "local",
+        "-i",
+        "localhost,",
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+        "-m",
+        "pyhoptcluster.cluster.daemon",
+        "-a",
+        json.dumps(args),
     ]
     if check:
         cmd.append("--check")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
-               ANSIBLE_NOCOLOR="1", ANSIBLE_DEPRECATION_WARNINGS="0")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_DEPRECATION_WARNINGS="0",
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     out = proc.stdout
     start = out.find("=> {")
     assert start >= 0, f"no module result in output:\n{out}\n{proc.stderr}"
-    return proc.returncode, json.loads(out[start + 3:])
+    return proc.returncode, json.loads(out[start + 3 :])
 
 
 def cmdline(pid: int) -> list[str]:
