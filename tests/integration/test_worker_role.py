@@ -1,0 +1,270 @@
+"""playbooks/workers.yml on a local inventory: daemons, secrets, idempotence, scale down, stop.
+
+The server is the ``mongo_server_auth`` fixture (a real SecantusDB with auth); the test writes the
+server state the ``hyperopt_mongodb`` role keeps (``server.json``, ``mongodb.password``) into a tmp
+``hyperopt_mongodb_state_dir``, so workers.yml's first play loads it with ``tasks_from: facts``.
+The tests run in file order and share one module-scoped set-up; every worker started is stopped by
+its pid file at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+WORKER_EXE = "pyhoptcluster-worker"
+
+
+@dataclass
+class Run:
+    rc: int
+    output: str
+    seconds: float
+
+    @property
+    def changed(self) -> int:
+        m = re.search(r"^localhost\s+:.*\bchanged=(\d+)", self.output, re.M)
+        assert m, self.output
+        return int(m.group(1))
+
+
+@dataclass
+class Setup:
+    tmp: Path
+    inventory: Path
+    state_dir: Path
+    venv: Path
+    password: str
+    extravars: dict
+    timings: dict = field(default_factory=dict)
+    cold_output: str = ""
+
+    def run(self, playbook: str | Path, *args: str, **extravars) -> Run:
+        cmd = [str(PLAYBOOK), str(playbook), "-i", str(self.inventory)]
+        cmd += ["-e", json.dumps({**self.extravars, **extravars}), *args]
+        env = dict(
+            os.environ,
+            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+            ANSIBLE_ROLES_PATH=str(REPO / "roles"),
+            ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_DEPRECATION_WARNINGS="0",
+        )
+        start = time.monotonic()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+
+    def workers(self, playbook: str = "playbooks/workers.yml", *args: str, **extravars) -> Run:
+        run = self.run(REPO / playbook, *args, **extravars)
+        assert run.rc == 0, run.output
+        return run
+
+    def pids(self) -> dict[int, int]:
+        """Instance id -> pid of the running worker daemons (pid files whose process is alive)."""
+        result = {}
+        for pidfile in sorted(self.state_dir.glob("worker-*.pid")):
+            pid = int(pidfile.read_text())
+            if is_our_worker(pid, self.state_dir):
+                result[int(pidfile.stem.removeprefix("worker-"))] = pid
+        return result
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def is_our_worker(pid: int, state_dir: Path) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    line = cmdline(pid)
+    return stat[stat.rfind(")") + 2] not in "ZX" and WORKER_EXE in line and str(state_dir) in line
+
+
+def all_cmdlines() -> str:
+    return "\n".join(cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
+
+
+def stop_by_pidfiles(state_dir: Path) -> None:
+    for pidfile in state_dir.glob("worker-*.pid"):
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            continue
+        if is_our_worker(pid, state_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def setup(mongo_server_auth, tmp_path_factory) -> Setup:
+    server = mongo_server_auth
+    tmp = tmp_path_factory.mktemp("worker-role")
+    mongo_state = tmp / "mongodb-state"
+    mongo_state.mkdir(mode=0o700)
+    password_file = mongo_state / "mongodb.password"
+    password_file.write_text(server.password + "\n")
+    password_file.chmod(0o600)
+    server_json = mongo_state / "server.json"
+    server_json.write_text(
+        json.dumps(
+            {
+                "host": server.host,
+                "port": server.port,
+                "dbname": server.dbname,
+                "username": server.username,
+                "password_file": str(password_file),
+                "service_manager": "daemon",
+                "auth": True,
+            }
+        )
+    )
+    server_json.chmod(0o600)
+    inventory = tmp / "inventory.yml"
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "children": {
+                        "hyperopt_master": {"hosts": {"localhost": local}},
+                        "hyperopt_workers": {"hosts": {"localhost": local}},
+                    }
+                }
+            }
+        )
+    )
+    state_dir = tmp / "worker-state"
+    s = Setup(
+        tmp=tmp,
+        inventory=inventory,
+        state_dir=state_dir,
+        venv=tmp / "worker-venv",
+        password=server.password,
+        extravars={
+            "hyperopt_mongodb_state_dir": str(mongo_state),
+            "hyperopt_worker_state_dir": str(state_dir),
+            "hyperopt_worker_venv": str(tmp / "worker-venv"),
+            "hyperopt_worker_wheel_cache_dir": str(tmp / "wheels"),
+            "hyperopt_worker_service_manager": "daemon",
+            "hyperopt_worker_count": 3,
+        },
+    )
+    try:
+        yield s
+    finally:
+        stop_by_pidfiles(state_dir)
+        print("\nworkers.yml timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.timings.items()))
+
+
+def test_cold_run_starts_three_worker_daemons(setup):
+    run = setup.workers("playbooks/workers.yml", "--diff")
+    setup.timings["cold"] = run.seconds
+    setup.cold_output = run.output
+    pids = setup.pids()
+    assert sorted(pids) == [1, 2, 3]
+    for instance, pid in pids.items():
+        assert cmdline(pid).endswith(f"--instance {instance} "), cmdline(pid)
+    deadline = time.monotonic() + 30
+    logs = [setup.state_dir / f"worker-{i}.log" for i in (1, 2, 3)]
+    while not all("connected" in log.read_text() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all("connected" in log.read_text() for log in logs), [log.read_text() for log in logs]
+
+
+def test_config_file_is_0600_and_the_password_stays_secret(setup):
+    config = setup.state_dir / "worker.conf"
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert "HYPEROPT_WORKER_MONGO_URL=mongo://" in config.read_text()
+    assert setup.password in config.read_text()
+    assert setup.password not in all_cmdlines()
+    for log in setup.state_dir.glob("worker-*.log"):
+        assert setup.password not in log.read_text()
+    # a config change shown with --diff -v: no_log must hide the file and the lookup
+    run = setup.workers("playbooks/workers.yml", "--diff", "-v", hyperopt_worker_poll_interval=0.2)
+    setup.extravars["hyperopt_worker_poll_interval"] = 0.2
+    assert run.changed >= 1
+    assert setup.password not in run.output
+    assert setup.password not in setup.cold_output
+
+
+def test_second_run_changes_nothing(setup):
+    before = setup.pids()
+    run = setup.workers()
+    setup.timings["warm"] = run.seconds
+    assert run.changed == 0, run.output
+    assert setup.pids() == before
+
+
+def test_check_mode_on_a_running_cluster_changes_nothing(setup):
+    run = setup.workers("playbooks/workers.yml", "--check")
+    assert run.changed == 0, run.output
+
+
+def test_config_change_restarts_the_running_workers(setup):
+    before = setup.pids()
+    run = setup.workers(hyperopt_worker_poll_interval=0.05)
+    after = setup.pids()
+    assert run.changed >= 1
+    assert sorted(after) == [1, 2, 3]
+    assert all(after[i] != before[i] for i in after)
+    assert "HYPEROPT_WORKER_POLL_INTERVAL=0.05" in (setup.state_dir / "worker.conf").read_text()
+    setup.extravars["hyperopt_worker_poll_interval"] = 0.05
+
+
+def test_scale_down_stops_the_extra_workers_and_leaves_the_first_alone(setup):
+    before = setup.pids()
+    run = setup.workers(hyperopt_worker_count=1)
+    setup.timings["scale 3->1"] = run.seconds
+    assert setup.pids() == {1: before[1]}
+    assert not any(is_our_worker(before[i], setup.state_dir) for i in (2, 3))
+
+
+def test_count_below_one_fails_clearly(setup):
+    run = setup.run(REPO / "playbooks/workers.yml", hyperopt_worker_count=0)
+    assert run.rc != 0
+    assert "hyperopt_worker_count must be an integer >= 1" in run.output
+
+
+def test_stop_leaves_no_worker_process(setup):
+    playbook = setup.tmp / "stop-workers.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "Stop the workers",
+                    "hosts": "hyperopt_workers",
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "name": "Stop every instance",
+                            "ansible.builtin.include_role": {"name": "hyperopt_worker", "tasks_from": "stop"},
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    survivors = setup.pids()
+    run = setup.run(playbook)
+    setup.timings["stop"] = run.seconds
+    assert run.rc == 0, run.output
+    assert setup.pids() == {}
+    assert not any(is_our_worker(pid, setup.state_dir) for pid in survivors.values())
+    assert not list(setup.state_dir.glob("worker-*.pid"))
