@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -268,3 +269,22 @@ def test_stop_leaves_no_worker_process(setup):
     assert setup.pids() == {}
     assert not any(is_our_worker(pid, setup.state_dir) for pid in survivors.values())
     assert not list(setup.state_dir.glob("worker-*.pid"))
+
+
+def test_config_change_in_a_configure_only_run_starts_no_worker(setup):
+    """The restart handler only restarts what ran before; after a stop it must start nothing."""
+    run = setup.workers(
+        "playbooks/workers.yml", "--tags", "hyperopt_worker_configure", hyperopt_worker_poll_interval=0.3
+    )
+    assert run.changed >= 1
+    assert setup.pids() == {}
+
+
+def test_defaults_and_argument_specs_match_key_for_key():
+    role = REPO / "roles" / "hyperopt_worker"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    assert set(specs["main"]["options"]) == set(defaults)
+    assert set(specs["stop"]["options"]) <= set(defaults)
+    readme = (role / "README.md").read_text()
+    assert [name for name in defaults if f"| `{name}` |" not in readme] == []
