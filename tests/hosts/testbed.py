@@ -97,6 +97,7 @@ SSH_OPTIONS = tuple(arg for opt in _SSH_CONFIG for arg in ("-o", opt))
 ANSIBLE_SSH_COMMON_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 TAR_FLAGS = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls")
 KEYGEN = ("ssh-keygen", "-q", "-t", "ed25519", "-N", "")
+STOP_GRACE = 10.0  # seconds a host gets for an orderly poweroff before its cgroup is killed
 POLL_INTERVAL = 0.2  # seconds between readiness probes (always bounded by a deadline)
 # Short enough that br-<name> and nspawn's host-side veth vb-<name>-<N> fit in 15 characters.
 NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,6}[a-z0-9])?$")
@@ -413,6 +414,11 @@ def build_base(cache: Path, *, mirror: str | None = None, rebuild: bool = False)
             _run(["tar", "-C", str(rootfs), *TAR_FLAGS, "-cpf", str(tmp_tar), "."])
             os.replace(tmp_tar, cache)
             _write(_recipe_file(cache), recipe_id() + "\n")
+            # the fresh rootfs is exactly what the tarball holds: keep it as the lower layer (no extraction)
+            lower = lower_dir(cache)
+            _rmtree(lower)
+            rootfs.rename(lower)
+            lower.with_name(lower.name + ".complete").touch()
         finally:
             deadline = time.monotonic() + 30
             for m in _mounts_under(work):  # debootstrap leaves /proc etc. mounted when it fails
@@ -423,10 +429,40 @@ def build_base(cache: Path, *, mirror: str | None = None, rebuild: bool = False)
         return True
 
 
-def restore_base(cache: Path, lower: Path) -> None:
-    _rmtree(lower)
-    lower.mkdir(parents=True)
-    _run(["tar", "-C", str(lower), *TAR_FLAGS, "-xpf", str(cache)])
+def lower_dir(cache: Path) -> Path:
+    """Where the tarball is extracted: the read-only lower layer that every host's overlay shares.
+    Named after the recipe and the tarball's identity, so a new tarball never touches one in use."""
+    st = cache.stat()
+    ident = hashlib.sha256(f"{recipe_id()} {st.st_size} {st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache.with_name(f"{cache.stem}.{ident}.rootfs")
+
+
+def _lower_in_use(lower: Path) -> bool:
+    with open("/proc/self/mountinfo") as fh:
+        return any(f"lowerdir={lower}" in line for line in fh)
+
+
+def restore_base(cache: Path) -> tuple[Path, bool]:
+    """Extract the cached tarball once into the shared lower layer; (its path, whether it was extracted).
+    Earlier extractions that no overlay uses any more are removed."""
+    with _flock(cache.with_name(".build.lock")):
+        lower = lower_dir(cache)
+        done = lower.with_name(lower.name + ".complete")
+        extracted = False
+        if not (lower.is_dir() and done.exists()):
+            tmp = lower.with_name(f".{lower.name}.tmp")
+            _rmtree(tmp)
+            _rmtree(lower)
+            tmp.mkdir(parents=True)
+            _run(["tar", "-C", str(tmp), *TAR_FLAGS, "-xpf", str(cache)])
+            tmp.rename(lower)
+            done.touch()
+            extracted = True
+        for old in cache.parent.glob(f"{cache.stem}.*.rootfs"):
+            if old != lower and not _lower_in_use(old):
+                old.with_name(old.name + ".complete").unlink(missing_ok=True)
+                _rmtree(old)
+        return lower, extracted
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,7 +605,7 @@ class Testbed:
         self.key_path = self.dir / "id_ed25519"
         self.inventory_path = self.dir / "inventory.yml"
         self.state_file = self.dir / "state.json"
-        self.lower = self.dir / "lower"
+        self.lower: Path | None = None  # the shared, extracted base (set by up)
         self.lock_path = self.state_root / f".{name}.lock"
         self.timings: dict[str, float] = {}
 
@@ -641,9 +677,10 @@ class Testbed:
         if not self.key_path.exists():
             _run([*KEYGEN, "-C", f"testbed-{self.name}", "-f", str(self.key_path)])
         t1 = time.monotonic()
-        restore_base(self.cache, self.lower)
-        self.timings["restore"] = time.monotonic() - t1
-        self.log(f"{self.name}: base restored in {self.timings['restore']:.1f} s")
+        self.lower, extracted = restore_base(self.cache)
+        if extracted:
+            self.timings["restore"] = time.monotonic() - t1
+            self.log(f"{self.name}: base restored from {self.cache} in {self.timings['restore']:.1f} s")
 
         t2 = time.monotonic()
         hosts = [
@@ -813,7 +850,7 @@ class Testbed:
                 did_something = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(h.supervisor_pid, signal.SIGTERM)
-        polite_deadline = min(deadline, time.monotonic() + 20)
+        polite_deadline = min(deadline, time.monotonic() + STOP_GRACE + 3)
         for h in hosts:
             while h.alive and time.monotonic() < polite_deadline:
                 self._reap(h.supervisor_pid)
@@ -845,8 +882,7 @@ class Testbed:
                 did_something = True
                 _run(["ip", "link", "del", br], check=False)
         # 5. the state (the test key and the logs stay for the next run / for post-mortems)
-        for p in (self.dir / "hosts", self.lower):
-            _rmtree(p)
+        _rmtree(self.dir / "hosts")
         for p in (self.state_file, self.inventory_path):
             p.unlink(missing_ok=True)
         if not keep_logs:
@@ -955,12 +991,32 @@ def supervise(machine: str, root: str, bridge: str, cgroup: str, hierarchies: li
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         if stopping:  # a signal raced with the spawn
             child.send_signal(signal.SIGTERM)
-        rc = child.wait()
+        rc = _wait_nspawn(child, lambda: stopping, machine)
         if rc != NSPAWN_REBOOT_EXIT:
             break
         print(f"testbed-supervisor: {machine} rebooted (exit {rc}), starting it again", flush=True)
     print(f"testbed-supervisor: {machine} stopped (exit {rc})", flush=True)
     return 0 if stopping else rc
+
+
+def _wait_nspawn(child: subprocess.Popen, stopping: Callable[[], bool], machine: str) -> int:
+    """Wait for nspawn. Once asked to stop, repeat the SIGTERM every second: a systemd that is still
+    starting has no handler for the poweroff signal yet and drops it. After STOP_GRACE seconds give
+    up and leave; `down` then kills whatever is left in the host's cgroups."""
+    stop_since = None
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if not stopping():
+            continue
+        stop_since = stop_since or time.monotonic()
+        if time.monotonic() - stop_since > STOP_GRACE:
+            print(f"testbed-supervisor: {machine} did not power off in {STOP_GRACE:.0f} s", flush=True)
+            return -1
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------------------------------
