@@ -713,7 +713,7 @@ class Testbed:
         self._save(info)
         _write(self.inventory_path, inventory_yaml(info))
         states = ", ".join(f"{h.name}={h.system_state}" for h in hosts)
-        self.log(f"{self.name}: up in {self.timings['boot']:.1f} s after restore ({states})")
+        self.log(f"{self.name}: {len(hosts)} hosts answer ssh after {self.timings['boot']:.1f} s ({states})")
         return info
 
     def _check_subnet_free(self) -> None:
@@ -883,6 +883,7 @@ class Testbed:
                 _run(["ip", "link", "del", br], check=False)
         # 5. the state (the test key and the logs stay for the next run / for post-mortems)
         _rmtree(self.dir / "hosts")
+        _rmtree(self.dir / "lower")  # per-test-bed lower layer of earlier versions of this script
         for p in (self.state_file, self.inventory_path):
             p.unlink(missing_ok=True)
         if not keep_logs:
@@ -922,6 +923,9 @@ class Testbed:
                 {
                     "name": h.name,
                     "ip": h.ip,
+                    # instance, address, user, port, identity_file: the keys of Molecule's instance_config
+                    "instance": h.name,
+                    "address": h.ip,
                     "supervisor_pid": h.supervisor_pid,
                     "alive": alive,
                     "ssh": alive and _tcp_open(h.ip, 22, 1.0),
@@ -1132,6 +1136,9 @@ def main(argv: list[str] | None = None) -> int:
     except TestbedError as exc:
         print(f"testbed: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("testbed: interrupted", file=sys.stderr)
+        return 130
     return 2
 
 
