@@ -1,0 +1,42 @@
+"""Objectives for tests that run real workers.
+
+hyperopt pickles the domain (with cloudpickle) into a GridFS attachment; functions of an importable
+module are pickled by reference, so worker processes must be able to import this module as
+``objectives``: start them with ``PYTHONPATH=<repo>/tests``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hyperopt import STATUS_OK
+
+
+def quadratic(x: float) -> dict:
+    """(x - 3)^2 after a short sleep; the result names the process that ran it."""
+    time.sleep(0.02)
+    return {"loss": (x - 3.0) ** 2, "status": STATUS_OK, "pid": os.getpid()}
+
+
+def gated(x: float) -> dict:
+    """Blocks until the file named by ``$PYHOPTCLUSTER_TEST_GATE`` exists, writing
+    ``$PYHOPTCLUSTER_TEST_GATE.started`` first (so a test knows the job is running)."""
+    gate = os.environ["PYHOPTCLUSTER_TEST_GATE"]
+    with open(gate + ".started", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    while not os.path.exists(gate):
+        time.sleep(0.05)
+    return {"loss": float(x), "status": STATUS_OK, "pid": os.getpid()}
+
+
+def failing(x: float) -> float:
+    raise ValueError(f"objective failed on purpose for x={x}")
+
+
+def crash(x: float) -> float:
+    """Kills its own process, as a segfault or the OOM killer would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0.0
