@@ -191,7 +191,7 @@ def main() -> None:
         time.sleep(min(interval, deadline - now))
     module.fail_json(
         msg=f"MasterStartError: the server at {host}:{port} did not answer ping within {timeout:g} s "
-        f"(last: {last_error}); see the server log, or raise hyperopt_mongodb_start_timeout",
+        f"(last: {last_error})",
         attempts=attempts,
     )
 
