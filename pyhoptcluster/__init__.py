@@ -1,10 +1,72 @@
 """pyhoptcluster: a Hyperopt cluster brought up by Ansible and driven from Python.
 
 Importing the package makes hyperopt's Mongo mode (``hyperopt.mongoexp``) work on pymongo 4.
+The control side (``HyperoptCluster``, the launchers, the errors) is imported lazily on first use,
+so worker hosts, which have neither Ansible nor ansible-runner, can import the package.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from pyhoptcluster import trials as _trials
 
 _trials.apply()
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "HyperoptCluster": "cluster",
+    "ClusterInfo": "state",
+    "MasterLauncher": "launchers",
+    "WorkerLauncher": "launchers",
+    "LocalMongoLauncher": "launchers",
+    "RoundRobinLauncher": "launchers",
+    "PyhoptclusterError": "errors",
+    "InventoryError": "errors",
+    "PortInUseError": "errors",
+    "NoPortsLeftError": "errors",
+    "MasterStartError": "errors",
+    "PlaybookError": "errors",
+    "ClusterNotStartedError": "errors",
+}
+__all__ = [
+    "ClusterInfo",
+    "ClusterNotStartedError",
+    "HyperoptCluster",
+    "InventoryError",
+    "LocalMongoLauncher",
+    "MasterLauncher",
+    "MasterStartError",
+    "NoPortsLeftError",
+    "PlaybookError",
+    "PortInUseError",
+    "PyhoptclusterError",
+    "RoundRobinLauncher",
+    "WorkerLauncher",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from .cluster import HyperoptCluster
+    from .errors import (
+        ClusterNotStartedError,
+        InventoryError,
+        MasterStartError,
+        NoPortsLeftError,
+        PlaybookError,
+        PortInUseError,
+        PyhoptclusterError,
+    )
+    from .launchers import LocalMongoLauncher, MasterLauncher, RoundRobinLauncher, WorkerLauncher
+    from .state import ClusterInfo
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyhoptcluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pyhoptcluster.{module}"), name)
+    globals()[name] = value
+    return value
