@@ -1,0 +1,302 @@
+"""The hyperopt_mongodb role for real: playbooks/master.yml on inventories/local starts a SecantusDB
+server (pip install method, supervised daemon) in a private state dir, and the tests check what the
+role promises: port choice, auth, secrecy of the password, idempotence, failures, stop, check mode.
+
+Every server a test starts is stopped in teardown by the pid files in its state dir (only a pid whose
+command line still names that state dir is signalled).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymongo
+import pytest
+from pymongo.errors import OperationFailure
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+# Share the (slow to install, stateless) SecantusDB venv with the default location.
+SECANTUSD = Path(
+    os.environ.get("PYHOPTCLUSTER_SECANTUSD")
+    or "~/.local/share/pyhoptcluster/secantusdb-venv/bin/secantusd-py"
+).expanduser()
+VENV = SECANTUSD.parent.parent
+PIDFILES = ("mongod.pid", "mongod-bootstrap.pid")
+RECAP = re.compile(r"^localhost\s*:.*\bchanged=(\d+)\b.*\bfailed=(\d+)", re.M)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Run:
+    rc: int
+    output: str
+    seconds: float
+
+    @property
+    def changed(self) -> int:
+        match = RECAP.search(self.output)
+        assert match, f"no PLAY RECAP in:\n{self.output}"
+        return int(match.group(1))
+
+
+def playbook(name: str, state_dir: Path, *extra: str) -> Run:
+    cmd = [
+        str(BIN / "ansible-playbook"),
+        f"playbooks/{name}",
+        "-i",
+        "inventories/local",
+        "-e",
+        f"hyperopt_mongodb_state_dir={state_dir}",
+        "-e",
+        f"hyperopt_mongodb_pip_venv={VENV}",
+        *extra,
+    ]
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+
+
+def stop_by_pidfiles(state_dir: Path) -> None:
+    """SIGTERM (then SIGKILL) every server whose pid file is in state_dir and whose command line
+    still names state_dir; never anything else."""
+    for name in PIDFILES:
+        try:
+            pid = int((state_dir / name).read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if str(state_dir) not in cmdline:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """True for a live process (a zombie waiting for PID 1 to reap it is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def running_pid(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / "mongod.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) else None
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A private state dir; whatever server it ends up holding is stopped afterwards."""
+    path = tmp_path / "state"
+    try:
+        yield path
+    finally:
+        stop_by_pidfiles(path)
+
+
+@dataclass
+class Started:
+    state_dir: Path
+    port: int
+    first: Run
+    second: Run
+
+    def password(self) -> str:
+        return (self.state_dir / "mongodb.password").read_text().strip()
+
+    def client(self, **kwargs) -> pymongo.MongoClient:
+        return pymongo.MongoClient("127.0.0.1", self.port, serverSelectionTimeoutMS=5000, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    """master.yml run twice (cold, then warm) on a fresh state dir and a free port."""
+    state = tmp_path_factory.mktemp("mongodb-role") / "state"
+    port = free_port()
+    try:
+        first = playbook("master.yml", state, "-e", f"hyperopt_mongodb_port={port}", "-v")
+        assert first.rc == 0, first.output
+        second = playbook("master.yml", state, "-e", f"hyperopt_mongodb_port={port}")
+        assert second.rc == 0, second.output
+        yield Started(state, port, first, second)
+    finally:
+        stop_by_pidfiles(state)
+
+
+def test_server_answers_ping_on_the_chosen_port(started: Started) -> None:
+    with started.client() as client:
+        assert client.admin.command("ping")["ok"] == 1
+    info = (started.state_dir / "server.json").read_text()
+    assert f'"port": {started.port}' in info
+
+
+def test_unauthenticated_write_is_refused_and_the_password_is_accepted(started: Started) -> None:
+    with started.client() as anonymous, pytest.raises(OperationFailure):
+        anonymous.hyperopt.jobs.insert_one({"x": 1})
+    with started.client(username="pyhoptcluster", password="wrong", authSource="hyperopt") as wrong:
+        with pytest.raises(OperationFailure):
+            wrong.hyperopt.jobs.insert_one({"x": 1})
+    with started.client(username="pyhoptcluster", password=started.password(), authSource="hyperopt") as user:
+        assert user.hyperopt.jobs.insert_one({"x": 1}).acknowledged
+
+
+def test_password_file_is_private_and_never_shown(started: Started) -> None:
+    path = started.state_dir / "mongodb.password"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (started.state_dir / "server.json").stat().st_mode & 0o777 == 0o600
+    password = started.password()
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    assert password not in started.first.output
+    assert password not in started.second.output
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert password.encode() not in cmdline.read_bytes(), f"password in {cmdline}"
+        except OSError:
+            continue
+
+
+def test_second_run_changes_nothing(started: Started) -> None:
+    assert started.first.changed > 0
+    assert started.second.changed == 0, started.second.output
+
+
+def test_taken_single_port_fails_with_port_in_use(state_dir: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = playbook("master.yml", state_dir, "-e", f"hyperopt_mongodb_port={port}")
+    assert run.rc != 0
+    assert "PortInUseError" in run.output
+    assert running_pid(state_dir) is None
+
+
+def test_port_list_with_none_free_fails_with_no_ports_left(state_dir: Path) -> None:
+    with socket.socket() as one, socket.socket() as two:
+        for s in (one, two):
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+        ports = f"{one.getsockname()[1]},{two.getsockname()[1]}"
+        run = playbook("master.yml", state_dir, "-e", f"hyperopt_mongodb_port={ports}")
+    assert run.rc != 0
+    assert "NoPortsLeftError" in run.output
+
+
+def test_uncreatable_dbpath_fails_with_permission_error(state_dir: Path, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    run = playbook(
+        "master.yml",
+        state_dir,
+        "-e",
+        f"hyperopt_mongodb_dbpath={not_a_dir}/db",
+        "-e",
+        f"hyperopt_mongodb_port={free_port()}",
+    )
+    assert run.rc != 0
+    assert f"PermissionError: cannot create hyperopt_mongodb_dbpath {not_a_dir}/db" in run.output
+
+
+def test_argument_specs_reject_a_port_that_is_no_int(state_dir: Path) -> None:
+    run = playbook("master.yml", state_dir, "-e", "hyperopt_mongodb_port=notaport")
+    assert run.rc != 0
+    assert "hyperopt_mongodb_port" in run.output
+    assert "Validation of arguments failed" in run.output
+    assert not state_dir.exists()
+
+
+def test_check_mode_on_a_fresh_state_dir_does_not_fail(state_dir: Path) -> None:
+    run = playbook("master.yml", state_dir, "--check", "-e", f"hyperopt_mongodb_port={free_port()}")
+    assert run.rc == 0, run.output
+    assert not state_dir.exists()
+
+
+def test_server_not_answering_in_time_fails_with_master_start_error_and_is_stopped(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    silent = tmp_path / "silent-mongod"
+    silent.write_text(
+        "#!/bin/sh\n# listens nowhere, answers nothing\ntrap 'exit 0' TERM\nwhile :; do sleep 0.2; done\n"
+    )
+    silent.chmod(0o755)
+    run = playbook(
+        "master.yml",
+        state_dir,
+        "-e",
+        "hyperopt_mongodb_install_method=binary",
+        "-e",
+        f"hyperopt_mongodb_binary={silent}",
+        "-e",
+        "hyperopt_mongodb_auth=false",
+        "-e",
+        "hyperopt_mongodb_start_timeout=1",
+        "-e",
+        f"hyperopt_mongodb_port={free_port()}",
+    )
+    assert run.rc != 0
+    assert "MasterStartError" in run.output
+    assert running_pid(state_dir) is None
+
+
+def test_facts_before_any_start_say_to_run_site_first(state_dir: Path) -> None:
+    run = playbook("publish.yml", state_dir)
+    assert run.rc != 0
+    assert "run site.yml first" in run.output
+
+
+def test_stop_leaves_no_server_and_frees_the_port_and_start_comes_back(started: Started) -> None:
+    pid = running_pid(started.state_dir)
+    assert pid is not None
+    password = started.password()
+
+    stop = playbook("stop.yml", started.state_dir, "--tags", "hyperopt_mongodb")
+    assert stop.rc == 0, stop.output
+    assert not alive(pid)
+    assert running_pid(started.state_dir) is None
+    assert port_is_free(started.port)
+    assert (started.state_dir / "db").is_dir()
+
+    bootstrap_log = started.state_dir / "mongod-bootstrap.log"
+    bootstraps = bootstrap_log.read_text().count("starting hyperopt-mongodb-bootstrap")
+    again = playbook("master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}")
+    assert again.rc == 0, again.output
+    assert started.password() == password
+    assert bootstrap_log.read_text().count("starting hyperopt-mongodb-bootstrap") == bootstraps
+    with started.client(username="pyhoptcluster", password=password, authSource="hyperopt") as user:
+        assert user.hyperopt.jobs.count_documents({}) >= 0
