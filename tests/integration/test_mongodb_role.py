@@ -8,6 +8,7 @@ command line still names that state dir is signalled).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -272,6 +273,21 @@ def test_server_not_answering_in_time_fails_with_master_start_error_and_is_stopp
     assert run.rc != 0
     assert "MasterStartError" in run.output
     assert running_pid(state_dir) is None
+
+
+def test_auth_false_from_the_command_line_runs_without_auth(state_dir: Path) -> None:
+    # -e gives the string "false", which is truthy in Jinja: the role must read it as a bool.
+    port = free_port()
+    run = playbook(
+        "master.yml", state_dir, "-e", "hyperopt_mongodb_auth=false", "-e", f"hyperopt_mongodb_port={port}"
+    )
+    assert run.rc == 0, run.output
+    info = json.loads((state_dir / "server.json").read_text())
+    assert info["auth"] is False
+    assert info["username"] is None and info["password_file"] is None
+    assert not (state_dir / "mongodb.password").exists()
+    with pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=5000) as anonymous:
+        assert anonymous.hyperopt.jobs.insert_one({"x": 1}).acknowledged
 
 
 def test_facts_before_any_start_say_to_run_site_first(state_dir: Path) -> None:
