@@ -37,6 +37,7 @@ class ClusterNotStartedError(PyhoptclusterError):
 
 # Playbook failure messages start with one of these names; the facade re-raises them as the class.
 MESSAGE_PREFIXES: dict[str, type[Exception]] = {
+    "ClusterNotStartedError": ClusterNotStartedError,
     "PortInUseError": PortInUseError,
     "NoPortsLeftError": NoPortsLeftError,
     "MasterStartError": MasterStartError,

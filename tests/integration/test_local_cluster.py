@@ -12,15 +12,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import pymongo
 import pytest
 from hyperopt import fmin, hp, tpe
 from hyperopt.mongoexp import MongoTrials
-
-from pyhoptcluster import HyperoptCluster
-from pyhoptcluster.errors import InventoryError, MasterStartError, NoPortsLeftError, PortInUseError
-
-from .local_cluster import (
+from local_cluster import (
     BIN,
     LocalInventory,
     all_cmdlines,
@@ -30,11 +27,19 @@ from .local_cluster import (
     wait_gone,
 )
 
+from pyhoptcluster import HyperoptCluster
+from pyhoptcluster.errors import InventoryError, MasterStartError, NoPortsLeftError, PortInUseError
+
 pytestmark = pytest.mark.integration
 
 
 def quadratic(x: float) -> float:
     return (x - 1.5) ** 2
+
+
+# The workers the roles start cannot import this test module: pickle its functions by value, as
+# cloudpickle does for functions defined in a notebook or a script's __main__.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def run_fmin(url: str, exp_key: str, n: int, workers: int) -> MongoTrials:
@@ -140,13 +145,22 @@ def test_port_list_takes_first_free_and_returns(inventory: LocalInventory) -> No
         cluster.cleanup()
 
 
-def test_server_not_answering_in_time_raises_master_start_error_and_stops_it(
-    inventory: LocalInventory,
-) -> None:
-    cluster = HyperoptCluster(str(inventory.path))
-    with pytest.raises(MasterStartError):
-        cluster.start_master(timeout=0.01)
-    assert wait_gone(list(inventory.pids().values())) == []
+def test_server_not_answering_in_time_raises_master_start_error_and_stops_it(tmp_path: Path) -> None:
+    # A "mongod" that starts fine but never listens: the binary install method runs it as given.
+    fake = tmp_path / "mongod"
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")
+    fake.chmod(0o755)
+    inv = make_local_inventory(
+        tmp_path, hyperopt_mongodb_install_method="binary", hyperopt_mongodb_binary=str(fake)
+    )
+    try:
+        cluster = HyperoptCluster(str(inv.path))
+        with pytest.raises(MasterStartError, match="did not answer"):
+            cluster.start_master(master_port=free_port(), timeout=2)
+        assert inv.pids() == {}, "the server that did not answer was stopped again"
+        assert str(fake) not in all_cmdlines()
+    finally:
+        inv.kill_leftovers()
 
 
 def test_dbpath_not_creatable_raises_permission_error(inventory: LocalInventory, tmp_path: Path) -> None:
