@@ -528,6 +528,11 @@ class TestbedInfo:
         return cls(**d)
 
 
+WHEELHOUSE = Path(
+    os.environ.get("PYHOPTCLUSTER_WHEELHOUSE", "~/.cache/pyhoptcluster/wheelhouse")
+).expanduser()
+
+
 def inventory_yaml(info: TestbedInfo) -> str:
     """Ansible YAML inventory (JSON-quoted strings are valid YAML scalars)."""
     q = json.dumps
@@ -536,7 +541,8 @@ def inventory_yaml(info: TestbedInfo) -> str:
         "all:",
         "  vars:",
         f"    hyperopt_mongodb_bind_addresses: [{q(info.bridge_ip)}]",
-        f"    hyperopt_mongodb_server_host: {q(info.bridge_ip)}",
+        # The hosts have no route to an index: ship hyperopt and this package as a wheelhouse.
+        f"    hyperopt_worker_wheelhouse: {q(str(WHEELHOUSE))}",
         f"    testbed_name: {q(info.name)}",
         f"    testbed_control_address: {q(info.bridge_ip)}",
         "  children:",
