@@ -1,0 +1,102 @@
+"""Deploy benchmark: cold and warm bring-up, and teardown, over real systemd test hosts.
+
+For 1, 3 and 6 hosts (systemd-nspawn hosts from tests/hosts/testbed.py, 2 workers per host), from
+Python through the facade:
+  * cold start():   fresh hosts (no venv, no units) and a fresh server state dir;
+  * warm start():   the same call again, nothing to change;
+  * cleanup():      every unit on every host and the server stopped.
+The predecessor (lazycluster 0.2.4) measured on 3 SSH hosts: start(worker_count=6) 10.1 s,
+cleanup() 2.4 s (DESIGN.md); the table prints the ratio against those.
+
+Usage (root, needs the test bed): ``python bench/deploy.py [--hosts 1 3 6] [--name bench]
+[--subnet 10.231.4]``. Hosts are always torn down at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from pyhoptcluster import HyperoptCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+LAZYCLUSTER_START_S = 10.1
+LAZYCLUSTER_CLEANUP_S = 2.4
+
+
+def _load_testbed():  # tests/hosts is not a package
+    spec = importlib.util.spec_from_file_location("pyhoptcluster_testbed", ROOT / "tests/hosts/testbed.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_hosts(testbed_mod, n: int, name: str, subnet: str) -> dict[str, float]:
+    bed = testbed_mod.Testbed(name=name, hosts=n, subnet=subnet)
+    t0 = time.perf_counter()
+    info = bed.up(recreate=True)
+    boot = time.perf_counter() - t0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    try:
+        inventory = yaml.safe_load(Path(info.inventory_path).read_text())
+        inventory["all"]["vars"]["hyperopt_mongodb_state_dir"] = str(tmp / "server")
+        inventory["all"]["vars"]["hyperopt_mongodb_install_method"] = "pip"
+        inventory["all"]["vars"]["hyperopt_mongodb_pip_venv"] = str(
+            Path("~/.local/share/pyhoptcluster/secantusdb-venv").expanduser()
+        )
+        inv_path = tmp / "hosts.yml"
+        inv_path.write_text(yaml.safe_dump(inventory))
+        cluster = HyperoptCluster(str(inv_path))
+        count = 2 * n
+        cold = _timed(lambda: cluster.start(worker_count=count))
+        placed = sum(len(ids) for ids in cluster.workers_per_host.values())
+        assert placed == count, cluster.workers_per_host
+        warm = _timed(lambda: cluster.start(worker_count=count))
+        down = _timed(cluster.cleanup)
+        return {"boot": boot, "cold": cold, "warm": warm, "cleanup": down}
+    finally:
+        bed.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--hosts", type=int, nargs="+", default=[1, 3, 6])
+    parser.add_argument("--name", default="bench")
+    parser.add_argument("--subnet", default="10.231.4")
+    args = parser.parse_args()
+    testbed_mod = _load_testbed()
+    rows = []
+    for n in args.hosts:
+        r = bench_hosts(testbed_mod, n, args.name, args.subnet)
+        rows.append((n, r))
+        print(f"{n} host(s): {r}", flush=True)
+    print()
+    print(
+        f"{'hosts':>5} {'workers':>7} {'boot s':>7} {'cold s':>7} {'warm s':>7} {'cleanup s':>9}"
+        f" {'warm/lazy':>9} {'cleanup/lazy':>12}"
+    )
+    for n, r in rows:
+        print(
+            f"{n:5d} {2 * n:7d} {r['boot']:7.1f} {r['cold']:7.1f} {r['warm']:7.1f} {r['cleanup']:9.1f}"
+            f" {r['warm'] / LAZYCLUSTER_START_S:9.0%} {r['cleanup'] / LAZYCLUSTER_CLEANUP_S:12.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
