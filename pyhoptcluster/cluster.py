@@ -8,7 +8,14 @@ from types import TracebackType
 
 from .errors import ClusterNotStartedError
 from .inventory import InventorySpec
-from .launchers import LocalMongoLauncher, MasterLauncher, RoundRobinLauncher, WorkerLauncher
+from .launchers import (
+    LocalMongoLauncher,
+    MasterLauncher,
+    RoundRobinLauncher,
+    WorkerLauncher,
+    start_both,
+    stop_both,
+)
 from .state import JOBS_COLLECTION, ClusterInfo
 from .validation import check_dbname, check_poll_interval, check_worker_count
 
@@ -49,6 +56,9 @@ class HyperoptCluster:
         """Start the server, then the workers (default: one per worker host)."""
         if worker_count is not None:
             check_worker_count(worker_count)
+        if isinstance(self._master, LocalMongoLauncher) and isinstance(self._workers, RoundRobinLauncher):
+            start_both(self._master, self._workers, master_port, worker_count, timeout=3, debug=debug)
+            return
         self.start_master(master_port, debug=debug)
         self.start_workers(worker_count, debug=debug)
 
@@ -68,6 +78,9 @@ class HyperoptCluster:
 
     def cleanup(self) -> None:
         """Stop every worker, then the server. Data and the generated password are kept."""
+        if isinstance(self._master, LocalMongoLauncher) and isinstance(self._workers, RoundRobinLauncher):
+            stop_both(self._master, self._workers)
+            return
         try:
             self._workers.cleanup()
         finally:
