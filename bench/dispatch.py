@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cloudpickle
 import pymongo
 from hyperopt import Trials, fmin, hp, rand
 from hyperopt.mongoexp import MongoTrials
@@ -38,6 +39,10 @@ SPACE = hp.uniform("x", -5, 5)
 
 def objective(x: float) -> float:
     return x * x
+
+
+# Workers cannot import this file: pickle its functions by value (as for a script's __main__).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -132,14 +137,12 @@ def bench_stock(n: int, workers: int) -> tuple[float, float]:
     try:
         client = pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=30000)
         client.admin.command("ping")
-        stock_worker = [
-            sys.executable,
-            "-c",
-            "import sys, pyhoptcluster; from hyperopt.mongoexp import main; sys.argv[0] = 'w'; main()",
-        ]
-        # Stock defaults: poll 5 s, a new process per job (the recursive Popen of main_worker_helper).
+        # Stock defaults: poll 5 s, a new process per job (main_worker_helper re-runs sys.argv[0] for
+        # each job), so the wrapper is a script that applies only the pymongo-4 patch.
         wrapper = tmp / "hyperopt-stock-worker"
-        wrapper.write_text("#!/bin/sh\nexec " + " ".join(f"'{w}'" for w in stock_worker) + ' "$@"\n')
+        wrapper.write_text(
+            f"#!{sys.executable}\nimport pyhoptcluster\nfrom hyperopt.mongoexp import main\nmain()\n"
+        )
         wrapper.chmod(0o755)
         for _ in range(workers):
             procs.append(
@@ -151,6 +154,10 @@ def bench_stock(n: int, workers: int) -> tuple[float, float]:
                     start_new_session=True,
                 )
             )
+        time.sleep(1)
+        dead = [p.args for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"stock workers exited at start: {dead}")
         return run_experiment(f"mongo://127.0.0.1:{port}/bench/jobs", "stock", n, max_queue_len=1)
     finally:
         for p in procs:
