@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pyhoptcluster import worker
-from pyhoptcluster.worker import ConfigError, config_from_mapping, parse_env_file
+from pyhoptcluster.worker_config import ConfigError, config_from_mapping, parse_env_file
 
 URL = "mongo://pyhoptcluster:s%40cret@10.0.0.1:27017/hyperopt/jobs"
 
