@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MESSAGE_PREFIXES, PlaybookError
+from .state import STATS_KEY
 
 _PLAYBOOK_DIR_ENV = "PYHOPTCLUSTER_ANSIBLE_DIR"
 
@@ -70,9 +71,43 @@ class PlaybookRun:
                 raise exc_type(rest.strip())
         details = [str(f) for f in self.failures]
         summary = "; ".join(details) if details else f"status {self.status}, rc {self.rc}"
-        raise PlaybookError(
-            f"{self.playbook} failed: {summary}. See print_log() for the whole output.", details
-        )
+        parts = [f"{self.playbook} failed: {summary.rstrip('.')}."]
+        unreachable = sorted({f.host for f in self.failures if f.unreachable})
+        if unreachable:
+            parts.append(
+                f"Unreachable: {', '.join(unreachable)}; check that "
+                f"{'it is' if len(unreachable) == 1 else 'they are'} up and that ansible_host, ansible_user "
+                "and ansible_ssh_private_key_file are right "
+                f"(ansible -i <inventory> -m ping {unreachable[0]})."
+            )
+        state = self._cluster_state()
+        if state:
+            parts.append(state)
+        parts.append("See print_log() for the whole output.")
+        raise PlaybookError(" ".join(parts), details)
+
+    def _cluster_state(self) -> str:
+        """What the run still published about the workers (the other hosts kept going)."""
+        published = self.stats.get(STATS_KEY)
+        workers = published.get("workers") if isinstance(published, Mapping) else None
+        if not isinstance(workers, Mapping):
+            return ""
+        running = [f"{host} runs {_ids(ids)}" for host, ids in workers.items() if ids]
+        idle = [str(host) for host, ids in workers.items() if not ids]
+        lost = sorted({f.host for f in self.failures} - {str(h) for h in workers})
+        text = "Cluster state: " + ("; ".join(running) if running else "no workers running")
+        if idle:
+            text += f"; no workers on {', '.join(idle)}"
+        if lost:
+            text += f"; unknown on {', '.join(lost)} (the run stopped there)"
+        return text + "."
+
+
+def _ids(ids: Any) -> str:
+    try:
+        return "workers " + ", ".join(str(i) for i in sorted(int(i) for i in ids))
+    except (TypeError, ValueError):
+        return f"workers {ids}"
 
 
 def _message(res: Mapping[str, Any]) -> str:
