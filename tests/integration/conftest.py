@@ -23,15 +23,21 @@ Fixtures
     ``secantusd.restart(server) -> MongoServer`` (same port and data). Everything it started is
     stopped at teardown.
 ``secantusd_binary`` (session scope) -> ``Path`` of the server executable.
+``testbed_hosts`` (session scope) -> ``TestbedInfo`` of 3 fresh systemd-nspawn hosts (tests/hosts), torn
+    down at the end of the session. Name ``pyint`` and subnet ``10.231.6`` unless
+    ``PYHOPTCLUSTER_TESTBED_NAME`` / ``PYHOPTCLUSTER_TESTBED_SUBNET`` say otherwise: apart from Molecule's
+    (``mol``, 10.231.2) and the ones test_testbed.py brings up itself, so they can run side by side.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -267,3 +273,26 @@ def mongo_server_auth(
         yield factory.start(auth_user="pyhoptcluster", dbname="hyperopt")
     finally:
         factory.close()
+
+
+# -- the multi-host test bed ------------------------------------------------------------------------
+
+
+def _load_testbed_fixtures():
+    """tests/hosts/fixtures.py by path (tests/hosts is not a package), one module per process."""
+    name = "pyhoptcluster_testbed_fixtures"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "hosts" / "fixtures.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+testbed_hosts = _load_testbed_fixtures().make_testbed_fixture(
+    n=3,
+    name=os.environ.get("PYHOPTCLUSTER_TESTBED_NAME", "pyint"),
+    subnet=os.environ.get("PYHOPTCLUSTER_TESTBED_SUBNET", "10.231.6"),
+)

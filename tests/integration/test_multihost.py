@@ -1,0 +1,443 @@
+"""HyperoptCluster over real hosts: the systemd-nspawn test bed (tests/hosts), driven from Python.
+
+One module-scoped cluster walks through the life of a multi-host cluster in file order: cold start of
+6 workers over 3 hosts, a warm start that changes nothing, a real 60-trial ``fmin`` through plain
+``MongoTrials`` evaluated on every host, scale down and up (the remaining units keep their MainPID),
+per-host caps and weights, the faults (unreachable host, wrong ssh key, no python3, no systemd) and
+``cleanup()``. Then a second cluster whose server listens on 127.0.0.1 only, reached by the workers
+through the ssh tunnels. Every server state dir is a tmp dir of its own; whatever a test leaves
+running is stopped by pid file at teardown. Timings (cold/warm start, cleanup) are printed at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import yaml
+from hyperopt import fmin, hp, tpe
+from hyperopt.mongoexp import MongoTrials
+
+from pyhoptcluster import HyperoptCluster
+from pyhoptcluster.errors import PlaybookError
+from pyhoptcluster.launchers import LocalMongoLauncher, RoundRobinLauncher
+
+pytestmark = [pytest.mark.integration, pytest.mark.multihost]
+
+REPO = Path(__file__).resolve().parents[2]
+# Ports of this module's servers. The auth bootstrap briefly runs the server on 127.0.0.1 with the
+# same port, so stay away from 27017.. where other local servers (and test runs) live.
+PORTS = list(range(27301, 27400))
+UNREACHABLE = "{subnet}.99"  # an address on the test bed's bridge with no host behind it
+
+
+def _load_placement():
+    path = REPO / "collections/ansible_collections/pyhoptcluster/cluster/plugins/filter/placement.py"
+    spec = importlib.util.spec_from_file_location("pyhoptcluster_placement_e2e", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+round_robin = _load_placement().round_robin
+
+
+def objective(x: float) -> float:
+    time.sleep(0.05)
+    return (x - 1.5) ** 2
+
+
+# The worker hosts cannot import this test module: pickle its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def run_fmin(url: str, exp_key: str, n: int, workers: int) -> MongoTrials:
+    trials = MongoTrials(url, exp_key=exp_key)
+    fmin(
+        objective,
+        hp.uniform("x", -5, 5),
+        algo=tpe.suggest,
+        max_evals=n,
+        trials=trials,
+        max_queue_len=workers,
+        show_progressbar=False,
+    )
+    trials.refresh()
+    return trials
+
+
+@dataclass
+class Multihost:
+    tb: object  # TestbedInfo
+    tmp: Path
+    base: dict
+    secantusdb_venv: str
+    timings: dict[str, float] = field(default_factory=dict)
+    clusters: list[HyperoptCluster] = field(default_factory=list)
+
+    @property
+    def ips(self) -> list[str]:
+        return [h.ip for h in self.tb.hosts]
+
+    @property
+    def hostnames(self) -> dict[str, str]:
+        return {h.ip: h.name for h in self.tb.hosts}
+
+    def inventory(self, name: str, server: str = "main", host_vars: dict | None = None, **all_vars) -> Path:
+        """The test bed's inventory with its own server state dir, SecantusDB from the existing venv,
+        and the given overrides (``host_vars`` may add hosts)."""
+        inv = copy.deepcopy(self.base)
+        group_vars = inv["all"]["vars"]
+        group_vars.update(
+            hyperopt_mongodb_state_dir=str(self.tmp / f"server-{server}"),
+            hyperopt_mongodb_install_method="pip",
+            hyperopt_mongodb_pip_venv=self.secantusdb_venv,
+            hyperopt_mongodb_port=PORTS,
+        )
+        group_vars.update(all_vars)
+        hosts = inv["all"]["children"]["hyperopt_workers"]["hosts"]
+        for host, values in (host_vars or {}).items():
+            hosts.setdefault(host, {}).update(values)
+        path = self.tmp / f"{name}.yml"
+        path.write_text(yaml.safe_dump(inv, sort_keys=False))
+        return path
+
+    def cluster(self, inventory: Path, cleanup: bool = False) -> tuple[HyperoptCluster, RoundRobinLauncher]:
+        """A cluster on ``inventory``; with ``cleanup`` it is cleaned up at teardown (the fault tests'
+        clusters share the main one's server and units, which the main one's cleanup stops)."""
+        workers = RoundRobinLauncher(str(inventory))
+        cluster = HyperoptCluster(
+            str(inventory), master_launcher=LocalMongoLauncher(str(inventory)), worker_launcher=workers
+        )
+        if cleanup:
+            self.clusters.append(cluster)
+        return cluster, workers
+
+    def ssh(self, host: str, command: str) -> str:
+        proc = self.tb.ssh(host, command)
+        assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
+        return proc.stdout
+
+    def units(self, host: str, ids=range(1, 8)) -> dict[str, tuple[str, str, int]]:
+        """unit -> (ActiveState, is-enabled, MainPID) of the target and hyperopt-worker@<ids>."""
+        names = ["hyperopt-workers.target"] + [f"hyperopt-worker@{i}.service" for i in ids]
+        script = "; ".join(
+            f'echo "{u}|$(systemctl is-active {u})|$(systemctl is-enabled {u} 2>/dev/null)'
+            f'|$(systemctl show -p MainPID --value {u})"'
+            for u in names
+        )
+        result = {}
+        for line in self.ssh(host, script).splitlines():
+            unit, active, enabled, pid = line.split("|")
+            result[unit] = (active, enabled, int(pid or 0))
+        return result
+
+    def running(self) -> dict[str, dict[int, int]]:
+        """host -> {instance id: MainPID} of the active worker units."""
+        out = {}
+        for ip in self.ips:
+            out[ip] = {
+                int(unit.split("@")[1].split(".")[0]): pid
+                for unit, (active, _, pid) in self.units(ip).items()
+                if unit.startswith("hyperopt-worker@") and active == "active"
+            }
+        return out
+
+
+def _alive_with(pid: int, needle: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return needle in cmdline
+
+
+def _stop_leftovers(state_dir: Path) -> None:
+    """Stop by pid file what a failed test may have left: the server and the ssh tunnels."""
+    pidfiles = [(state_dir / "mongod.pid", str(state_dir))]
+    pidfiles += [(p, "ssh -N") for p in (state_dir / "tunnels").glob("tunnel-*.pid")]
+    for pidfile, needle in pidfiles:
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _alive_with(pid, needle):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not _alive_with(pid, needle):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def mh(testbed_hosts, secantusd_binary, tmp_path_factory) -> Iterator[Multihost]:
+    tmp = tmp_path_factory.mktemp("multihost")
+    base = yaml.safe_load(Path(testbed_hosts.inventory_path).read_text())
+    env = Multihost(testbed_hosts, tmp, base, str(Path(secantusd_binary).parent.parent))
+    try:
+        yield env
+    finally:
+        for cluster in env.clusters:
+            try:
+                cluster.cleanup()
+            except Exception as exc:  # keep tearing down; the test bed goes away anyway
+                print(f"cleanup after the multihost tests: {exc}")
+        for state_dir in tmp.glob("server-*"):
+            _stop_leftovers(state_dir)
+        print("\nmultihost timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in env.timings.items()))
+
+
+@dataclass
+class Main:
+    cluster: HyperoptCluster
+    workers: RoundRobinLauncher
+    inventory: Path
+
+
+@pytest.fixture(scope="module")
+def main(mh: Multihost) -> Main:
+    inventory = mh.inventory("main")
+    cluster, workers = mh.cluster(inventory, cleanup=True)
+    return Main(cluster, workers, inventory)
+
+
+def _timed(mh: Multihost, key: str, fn, *args, **kwargs):
+    start = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        mh.timings[key] = time.monotonic() - start
+
+
+# -- start, warm start, fmin ---------------------------------------------------------------------------
+
+
+def test_cold_start_places_six_workers_round_robin_over_three_hosts(mh, main):
+    _timed(mh, "cold start(6)", main.cluster.start, worker_count=6)
+    h1, h2, h3 = mh.ips
+    assert main.cluster.workers_per_host == {h1: [1, 4], h2: [2, 5], h3: [3, 6]}
+    assert {ip: sorted(ids) for ip, ids in mh.running().items()} == {h1: [1, 4], h2: [2, 5], h3: [3, 6]}
+    for ip in mh.ips:
+        assert mh.units(ip)["hyperopt-workers.target"][:2] == ("active", "enabled")
+    assert main.cluster.mongo_trial_url.split("@")[1].startswith(f"{mh.tb.bridge_ip}:")
+
+
+def test_warm_start_changes_nothing_and_restarts_no_worker(mh, main):
+    before = mh.running()
+    _timed(mh, "warm start(6)", main.cluster.start, worker_count=6)
+    assert mh.running() == before
+    assert not any(main.workers.runs[-1].changed.get(ip) for ip in mh.ips), main.workers.runs[-1].changed
+
+
+def test_fmin_of_60_trials_is_evaluated_on_every_host(mh, main):
+    trials = run_fmin(main.cluster.mongo_trial_url, "multihost-60", 60, workers=6)
+    docs = trials.trials
+    assert len(docs) == 60
+    assert all(d["result"]["status"] == "ok" and isinstance(d["result"]["loss"], float) for d in docs)
+    owners = {str(d["owner"]).split(":")[0] for d in docs}
+    assert owners == set(mh.hostnames.values()), owners
+
+
+# -- scaling ---------------------------------------------------------------------------------------
+
+
+def test_scale_down_to_three_keeps_the_remaining_units_and_disables_the_surplus(mh, main):
+    before = mh.running()
+    main.cluster.start(worker_count=3)
+    h1, h2, h3 = mh.ips
+    assert main.cluster.workers_per_host == {h1: [1], h2: [2], h3: [3]}
+    assert mh.running() == {h1: {1: before[h1][1]}, h2: {2: before[h2][2]}, h3: {3: before[h3][3]}}
+    for ip, surplus in ((h1, 4), (h2, 5), (h3, 6)):
+        active, enabled, _ = mh.units(ip)[f"hyperopt-worker@{surplus}.service"]
+        assert (active, enabled) == ("inactive", "disabled")
+
+
+def test_scale_up_to_five_adds_workers_and_keeps_the_running_ones(mh, main):
+    before = mh.running()
+    main.cluster.start(worker_count=5)
+    h1, h2, h3 = mh.ips
+    assert main.cluster.workers_per_host == {h1: [1, 4], h2: [2, 5], h3: [3]}
+    after = mh.running()
+    assert sorted(after[h1]) == [1, 4] and sorted(after[h2]) == [2, 5] and sorted(after[h3]) == [3]
+    assert {ip: {i: pid for i, pid in after[ip].items() if i <= 3} for ip in mh.ips} == before
+
+
+# -- per-host caps and weights --------------------------------------------------------------------------
+
+
+def test_per_host_caps_and_weights_shape_the_placement(mh):
+    h1, _, h3 = mh.ips
+    inventory = mh.inventory(
+        "caps", host_vars={h1: {"hyperopt_worker_max": 1}, h3: {"hyperopt_worker_weight": 2}}
+    )
+    cluster, _ = mh.cluster(inventory)
+    cluster.start(worker_count=6)
+    expected = round_robin(mh.ips, 6, caps={h1: 1}, weights={h3: 2})
+    assert [len(expected[ip]) for ip in mh.ips] == [1, 2, 3]
+    assert cluster.workers_per_host == expected
+    assert {ip: sorted(ids) for ip, ids in mh.running().items()} == expected
+
+
+def test_more_workers_than_the_caps_allow_raise_value_error_before_anything_changes(mh):
+    h1, h2, h3 = mh.ips
+    caps = {h1: {"hyperopt_worker_max": 1}, h2: {"hyperopt_worker_max": 1}, h3: {"hyperopt_worker_max": 2}}
+    cluster, _ = mh.cluster(mh.inventory("too-many", host_vars=caps))
+    before = mh.running()
+    with pytest.raises(ValueError, match=r"5 workers do not fit") as err:
+        cluster.start(worker_count=5)
+    assert f"{h1}=1, {h2}=1, {h3}=2" in str(err.value) and "at most 4" in str(err.value)
+    assert mh.running() == before
+
+
+# -- faults: the failing host is named, the others keep their workers -----------------------------------
+
+
+@pytest.fixture
+def three_running(mh, main) -> dict[str, dict[int, int]]:
+    """Back to the plain inventory with one worker per host; returns what runs."""
+    main.cluster.start(worker_count=3)
+    running = mh.running()
+    assert {ip: sorted(ids) for ip, ids in running.items()} == dict(zip(mh.ips, [[1], [2], [3]], strict=True))
+    return running
+
+
+def test_unreachable_host_is_named_and_the_other_hosts_keep_their_workers(mh, three_running):
+    dead = UNREACHABLE.format(subnet=mh.tb.subnet)
+    cluster, _ = mh.cluster(mh.inventory("unreachable", host_vars={dead: {}}))
+    with pytest.raises(PlaybookError) as err:
+        cluster.start(worker_count=4)
+    message = str(err.value)
+    assert f"{dead} unreachable" in message and f"Unreachable: {dead}" in message, message
+    h1, h2, h3 = mh.ips
+    assert f"Cluster state: {h1} runs workers 1; {h2} runs workers 2; {h3} runs workers 3" in message
+    assert mh.running() == three_running
+
+
+def test_wrong_ssh_key_is_named_and_the_other_hosts_keep_their_workers(mh, three_running):
+    h1, h2, h3 = mh.ips
+    wrong_key = mh.tmp / "wrong_id_ed25519"
+    if not wrong_key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
+    bad = {
+        "ansible_ssh_private_key_file": str(wrong_key),
+        # no ControlPersist: a connection kept open from an earlier run (made with the right key)
+        # would otherwise be reused, and the wrong key never tried
+        "ansible_ssh_args": "-o ControlMaster=no -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+    }
+    cluster, _ = mh.cluster(mh.inventory("wrong-key", host_vars={h3: bad}))
+    with pytest.raises(PlaybookError) as err:
+        cluster.start(worker_count=3)
+    message = str(err.value)
+    assert f"{h3} unreachable" in message and "Permission denied" in message, message
+    assert f"{h1} runs workers 1; {h2} runs workers 2" in message
+    assert mh.running() == three_running
+
+
+def test_host_without_python3_is_named_with_what_is_missing(mh, three_running):
+    h1, h2, h3 = mh.ips
+    cluster, _ = mh.cluster(mh.inventory("no-python"))
+    mh.ssh(h3, "mv /usr/bin/python3 /usr/bin/python3.hidden")
+    try:
+        with pytest.raises(PlaybookError) as err:
+            cluster.start(worker_count=3)
+    finally:
+        mh.ssh(h3, "mv /usr/bin/python3.hidden /usr/bin/python3")
+    message = str(err.value)
+    assert f"{h3} cannot run hyperopt workers: no Python at /usr/bin/python3" in message, message
+    assert "apt-get install python3" in message
+    assert f"{h1} runs workers 1; {h2} runs workers 2" in message
+    assert mh.running() == three_running
+
+
+def test_host_without_systemd_is_named_when_systemd_is_required(mh, three_running):
+    h3 = mh.ips[2]
+    cluster, _ = mh.cluster(mh.inventory("no-systemd", hyperopt_worker_service_manager="systemd"))
+    # sd_booted() and the role's probe look for /run/systemd/system; hide it for the duration
+    mh.ssh(h3, "mv /run/systemd/system /run/systemd/system.hidden")
+    try:
+        with pytest.raises(PlaybookError) as err:
+            cluster.start(worker_count=3)
+    finally:
+        mh.ssh(h3, "mv /run/systemd/system.hidden /run/systemd/system")
+    message = str(err.value)
+    assert f"{h3} cannot run hyperopt workers: systemd is not PID 1 there" in message, message
+    assert mh.running() == three_running
+
+
+# -- cleanup -----------------------------------------------------------------------------------------
+
+
+def test_cleanup_stops_every_unit_on_every_host_and_the_server(mh, main):
+    main.cluster.start(worker_count=6)
+    pidfile = mh.tmp / "server-main" / "mongod.pid"
+    server_pid = int(pidfile.read_text())
+    _timed(mh, "cleanup(6)", main.cluster.cleanup)
+    for ip in mh.ips:
+        for unit, (active, enabled, _) in mh.units(ip).items():
+            assert active == "inactive", (ip, unit)
+            if unit.endswith(".target") or int(unit.split("@")[1].split(".")[0]) <= 6:
+                assert enabled == "disabled", (ip, unit)
+        assert mh.ssh(ip, "systemctl is-active hyperopt-workers.target || true").strip() == "inactive"
+    assert not _alive_with(server_pid, str(mh.tmp / "server-main"))
+
+
+# -- the ssh tunnel --------------------------------------------------------------------------------
+
+
+def test_ssh_tunnels_reach_a_server_bound_to_loopback_only(mh):
+    inventory = mh.inventory(
+        "tunnel",
+        server="tunnel",
+        hyperopt_mongodb_bind_addresses=["127.0.0.1"],
+        hyperopt_worker_ssh_tunnel=True,
+    )
+    cluster, _ = mh.cluster(inventory, cleanup=True)
+    tunnels = mh.tmp / "server-tunnel" / "tunnels"
+    pids: dict[str, int] = {}
+    try:
+        cluster.start(worker_count=3)
+        port = cluster.master_port
+        assert cluster.mongo_trial_url.split("@")[1].startswith(f"127.0.0.1:{port}/")
+        # the hosts cannot reach the server: it listens on the control node's loopback only
+        probe = f"python3 -c 'import socket; socket.create_connection((\"{mh.tb.bridge_ip}\", {port}), 3)'"
+        assert mh.tb.ssh(mh.ips[0], probe).returncode != 0
+        # one tunnel per host, supervised by pid file, no secret on its command line
+        password = Path(cluster.info.password_file).read_text().strip()
+        pids = {ip: int((tunnels / f"tunnel-{ip}.pid").read_text()) for ip in mh.ips}
+        for ip, pid in pids.items():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            assert cmdline[0] == "ssh" and f"root@{ip}" in cmdline and password not in " ".join(cmdline)
+            assert f"127.0.0.1:{port}:127.0.0.1:{port}" in cmdline
+            conf = mh.ssh(ip, "cat /var/lib/pyhoptcluster-worker/worker.conf")
+            assert f"@127.0.0.1:{port}/hyperopt/jobs" in conf
+        trials = run_fmin(cluster.mongo_trial_url, "multihost-tunnel", 18, workers=3)
+        assert len(trials.trials) == 18 and all(d["result"]["status"] == "ok" for d in trials.trials)
+        assert {str(d["owner"]).split(":")[0] for d in trials.trials} == set(mh.hostnames.values())
+        # a second start leaves the tunnels alone
+        cluster.start(worker_count=3)
+        assert {ip: int((tunnels / f"tunnel-{ip}.pid").read_text()) for ip in mh.ips} == pids
+    finally:
+        cluster.cleanup()
+    assert not any(_alive_with(pid, "ssh -N") for pid in pids.values())
+    assert not list(tunnels.glob("tunnel-*.pid"))
+    for ip in mh.ips:
+        assert {active for active, _, _ in mh.units(ip).values()} == {"inactive"}, ip
+
+
+def test_timings_are_recorded(mh):
+    # not a timed assert (DESIGN: benchmarks print, tests do not assert durations); printed at teardown
+    assert {"cold start(6)", "warm start(6)", "cleanup(6)"} <= set(mh.timings)
+    (mh.tmp / "timings.json").write_text(json.dumps(mh.timings))
