@@ -184,6 +184,7 @@ class DaemonError(Exception):
 
 # ---------------------------------------------------------------- /proc helpers
 
+
 def proc_cmdline(pid):
     """argv of a live, non-zombie process as a list of str, or None."""
     try:
@@ -207,7 +208,7 @@ def proc_stat(pid):
     except (IOError, OSError):
         return None
     # comm may contain spaces and parentheses: fields start after the last ')'
-    rest = data[data.rfind(")") + 2:].split()
+    rest = data[data.rfind(")") + 2 :].split()
     try:
         return rest[0], int(rest[19])
     except (IndexError, ValueError):
@@ -222,7 +223,7 @@ def cmdline_matches(cmdline, argv, exe):
     extra = len(cmdline) - n
     if extra < 0 or extra > 2:
         return False
-    if cmdline[extra + 1:] != list(argv[1:]):
+    if cmdline[extra + 1 :] != list(argv[1:]):
         return False
     head = cmdline[extra]
     if extra == 0:
@@ -339,12 +340,15 @@ class Daemon(object):
             if not line or line[0] in "#;":
                 continue
             if line.startswith("export "):
-                line = line[len("export "):].lstrip()
+                line = line[len("export ") :].lstrip()
             key, sep, value = line.partition("=")
             key = key.strip()
             # the line itself is never shown: it may hold a secret
-            if not sep or not key or not (key[0].isalpha() or key[0] == "_") or not all(
-                c.isalnum() or c == "_" for c in key
+            if (
+                not sep
+                or not key
+                or not (key[0].isalpha() or key[0] == "_")
+                or not all(c.isalnum() or c == "_" for c in key)
             ):
                 raise DaemonError("env_file %s line %d is not KEY=VALUE" % (self.env_file, lineno))
             value = value.strip()
@@ -405,8 +409,9 @@ class Daemon(object):
 
         offset = self.log_size()
         logfd = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(logfd, ("--- %s: starting %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), self.name))
-                 .encode("utf-8"))
+        os.write(
+            logfd, ("--- %s: starting %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), self.name)).encode("utf-8")
+        )
         rfd, wfd = os.pipe()  # both close-on-exec: EOF on rfd means exec succeeded
         sys.stdout.flush()
         sys.stderr.flush()
@@ -440,8 +445,14 @@ class Daemon(object):
             raise DaemonError("%s: could not exec %s: %s" % (self.name, exe, reply[1].strip()))
         st = proc_stat(pid)
         starttime = st[1] if st else None
-        record = {"pid": pid, "argv": list(self.argv), "exe": exe, "starttime": starttime,
-                  "name": self.name, "started_at": time.time()}
+        record = {
+            "pid": pid,
+            "argv": list(self.argv),
+            "exe": exe,
+            "starttime": starttime,
+            "name": self.name,
+            "started_at": time.time(),
+        }
         self.write_atomic(self.recordfile, json.dumps(record, indent=1) + "\n", 0o644)
         self.write_atomic(self.pidfile, "%d\n" % pid, 0o644)
 
@@ -450,8 +461,10 @@ class Daemon(object):
             if starttime is None or not self.alive(pid, starttime):
                 self.remove_state()
                 tail = self.log_tail(offset)
-                raise DaemonError("%s died right after start (pid %d); last lines of %s:\n%s"
-                                  % (self.name, pid, self.logfile, tail))
+                raise DaemonError(
+                    "%s died right after start (pid %d); last lines of %s:\n%s"
+                    % (self.name, pid, self.logfile, tail)
+                )
             if time.time() >= deadline:
                 return pid
             time.sleep(POLL)
@@ -467,8 +480,14 @@ class Daemon(object):
             os.closerange(3, wfd)
             os.closerange(wfd + 1, 65536)
             # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec, so reset them
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGHUP,
-                        signal.SIGTERM, signal.SIGQUIT):
+            for sig in (
+                signal.SIGPIPE,
+                signal.SIGXFSZ,
+                signal.SIGINT,
+                signal.SIGHUP,
+                signal.SIGTERM,
+                signal.SIGQUIT,
+            ):
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.write(wfd, ("%d\n" % os.getpid()).encode("ascii"))
@@ -535,18 +554,24 @@ def main():
     )
     d = Daemon(module)
     state = module.params["state"]
-    result = dict(changed=False, pidfile=d.pidfile, logfile=d.logfile, stale_removed=False,
-                  argv_changed=False)
+    result = dict(
+        changed=False, pidfile=d.pidfile, logfile=d.logfile, stale_removed=False, argv_changed=False
+    )
     try:
         pid, rec, stale = d.status()
         if state == "started" and pid is not None and rec is not None:
             result["argv_changed"] = rec.get("argv") != list(d.argv)
 
         if module.check_mode:
-            changed = (stale or state == "restarted" or (state == "started" and pid is None)
-                       or (state == "stopped" and pid is not None))
-            module.exit_json(pid=pid, running=pid is not None, **dict(result, changed=changed,
-                                                                      stale_removed=stale))
+            changed = (
+                stale
+                or state == "restarted"
+                or (state == "started" and pid is None)
+                or (state == "stopped" and pid is not None)
+            )
+            module.exit_json(
+                pid=pid, running=pid is not None, **dict(result, changed=changed, stale_removed=stale)
+            )
 
         if stale:
             d.remove_state()
