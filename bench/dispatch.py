@@ -152,6 +152,7 @@ def bench_stock(n: int, workers: int) -> tuple[float, float]:
                     stderr=subprocess.DEVNULL,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    cwd=tmp,  # stock MongoWorker writes logfile.txt into its working directory
                 )
             )
         time.sleep(1)
