@@ -197,6 +197,58 @@ def test_second_run_changes_nothing(started: Started) -> None:
     assert started.second.changed == 0, started.second.output
 
 
+def wait_dead(pid: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid), f"pid {pid} still alive after {seconds} s"
+
+
+def test_drift_is_repaired_on_the_next_run(started: Started) -> None:
+    """The warm path trusts one probe; what it finds different from what the role would make is fixed."""
+    password_file = started.state_dir / "mongodb.password"
+    server_json = started.state_dir / "server.json"
+    config = started.state_dir / "secantusd.toml"
+    rendered = config.read_text()
+    password = started.password()
+    password_file.chmod(0o644)
+    server_json.chmod(0o644)
+    config.write_text(rendered.replace("standalone = true", "standalone = false"))
+    pid = running_pid(started.state_dir)
+    assert pid is not None
+
+    run = playbook("master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}")
+    assert run.rc == 0, run.output
+    assert run.changed > 0
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    assert server_json.stat().st_mode & 0o777 == 0o600
+    assert config.read_text() == rendered
+    assert started.password() == password
+    # The edited config restarted the server with the rendered one.
+    assert not alive(pid)
+    restarted = running_pid(started.state_dir)
+    assert restarted is not None
+
+    again = playbook("master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}")
+    assert again.rc == 0, again.output
+    assert again.changed == 0, again.output
+    assert running_pid(started.state_dir) == restarted
+
+
+def test_a_dead_server_is_started_again(started: Started) -> None:
+    pid = running_pid(started.state_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    wait_dead(pid)
+
+    run = playbook("master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}")
+    assert run.rc == 0, run.output
+    assert run.changed > 0
+    assert running_pid(started.state_dir) not in (None, pid)
+    with started.client(username="pyhoptcluster", password=started.password(), authSource="hyperopt") as user:
+        assert user.hyperopt.command("ping")["ok"] == 1
+
+
 def test_taken_single_port_fails_with_port_in_use(state_dir: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
