@@ -225,6 +225,13 @@ def _timed(mh: Multihost, key: str, fn, *args, **kwargs):
 # -- start, warm start, fmin ---------------------------------------------------------------------------
 
 
+def test_cleanup_on_fresh_hosts_is_a_quiet_no_op(mh, main):
+    # nothing installed yet: no unit files, no server state (stop must not trip over the missing target)
+    main.cluster.cleanup()
+    for ip in mh.ips:
+        assert {active for active, _, _ in mh.units(ip).values()} == {"inactive"}, ip
+
+
 def test_cold_start_places_six_workers_round_robin_over_three_hosts(mh, main):
     _timed(mh, "cold start(6)", main.cluster.start, worker_count=6)
     h1, h2, h3 = mh.ips
