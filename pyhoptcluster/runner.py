@@ -8,6 +8,7 @@ Runs one of the project's playbooks in a fresh private data dir, collects the ou
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -99,7 +100,10 @@ class PlaybookRun:
         if idle:
             text += f"; no workers on {', '.join(idle)}"
         if lost:
-            text += f"; unknown on {', '.join(lost)} (the run stopped there)"
+            text += (
+                f"; unknown on {', '.join(lost)} (this run did not finish there; workers started "
+                "there earlier may still run)"
+            )
         return text + "."
 
 
@@ -114,7 +118,9 @@ def _message(res: Mapping[str, Any]) -> str:
     msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
     if isinstance(msg, list):
         msg = " ".join(str(m) for m in msg)
-    return str(msg).strip() or "no message (see print_log())"
+    # ansible-core 2.19 prefixes "Task failed: "; ssh puts known-hosts notices into connection errors
+    msg = re.sub(r"Warning: Permanently added .*? to the list of known hosts\.\s*", "", str(msg))
+    return msg.removeprefix("Task failed: ").strip() or "no message (see print_log())"
 
 
 def run_playbook(
