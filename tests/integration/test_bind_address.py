@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -35,3 +36,20 @@ def test_server_binds_to_the_control_nodes_route_source_towards_remote_workers(t
     finally:
         inv.playbook("stop.yml", "--tags", "hyperopt_mongodb", check=False)
         inv.kill_leftovers()
+
+
+def test_port_taken_on_loopback_is_skipped_for_the_auth_bootstrap(tmp_path: Path) -> None:
+    # Bound to another address, the server's no-auth bootstrap still runs on 127.0.0.1:<port>, so a
+    # port taken there must not be chosen.
+    inv = make_local_inventory(tmp_path, hyperopt_mongodb_bind_addresses=["127.0.0.2"])
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken, free = held.getsockname()[1], free_port()
+        try:
+            inv.playbook("master.yml", "-e", json.dumps({"hyperopt_mongodb_port": [taken, free]}))
+            server = json.loads((inv.state_dir / "server.json").read_text())
+            assert (server["host"], server["port"]) == ("127.0.0.2", free)
+        finally:
+            inv.playbook("stop.yml", "--tags", "hyperopt_mongodb", check=False)
+            inv.kill_leftovers()

@@ -25,6 +25,13 @@ options:
     description: Address the server will bind to. The check binds the same address.
     type: str
     default: 127.0.0.1
+  also_free_on:
+    description:
+      - More addresses on which a chosen port must be free too, e.g. 127.0.0.1, where the role's
+        no-auth bootstrap server briefly listens on the same port.
+    type: list
+    elements: str
+    default: []
   ports:
     description:
       - Candidate ports, in order of preference.
@@ -120,13 +127,15 @@ def main() -> None:
             "host": {"type": "str", "default": "127.0.0.1"},
             "ports": {"type": "list", "elements": "int", "required": True},
             "owned_port": {"type": "int"},
+            "also_free_on": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     host = module.params["host"]
     ports = module.params["ports"]
     owned = module.params["owned_port"]
-    where = f"{host} (host {socket.gethostname()})"
+    hosts = [host] + [h for h in module.params["also_free_on"] if h != host]
+    where = f"{' and '.join(hosts)} (host {socket.gethostname()})"
 
     if not ports:
         module.fail_json(msg="ValueError: ports is empty; give a port or a list of ports", taken=[])
@@ -140,7 +149,7 @@ def main() -> None:
     taken = []
     try:
         for port in ports:
-            if _is_free(host, port):
+            if all(_is_free(h, port) for h in hosts):
                 module.exit_json(changed=False, port=port, taken=taken)
             taken.append(port)
     except _AddressError as exc:
