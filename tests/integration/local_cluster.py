@@ -14,10 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from hyperopt import fmin, hp, tpe
+from hyperopt.mongoexp import MongoTrials
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -57,6 +60,25 @@ class LocalInventory:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def run_fmin(
+    url: str, exp_key: str, n: int, workers: int, objective: Callable[[float], float]
+) -> MongoTrials:
+    """A real distributed fmin of ``n`` trials through plain MongoTrials; returns the refreshed trials.
+    ``objective`` must be picklable by value (workers cannot import test modules)."""
+    trials = MongoTrials(url, exp_key=exp_key)
+    fmin(
+        objective,
+        hp.uniform("x", -5, 5),
+        algo=tpe.suggest,
+        max_evals=n,
+        trials=trials,
+        max_queue_len=workers,
+        show_progressbar=False,
+    )
+    trials.refresh()
+    return trials
 
 
 def make_local_inventory(tmp: Path, **group_vars: object) -> LocalInventory:

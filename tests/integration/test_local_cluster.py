@@ -15,8 +15,6 @@ from pathlib import Path
 import cloudpickle
 import pymongo
 import pytest
-from hyperopt import fmin, hp, tpe
-from hyperopt.mongoexp import MongoTrials
 from local_cluster import (
     BIN,
     LocalInventory,
@@ -24,6 +22,7 @@ from local_cluster import (
     free_port,
     make_local_inventory,
     port_is_free,
+    run_fmin,
     wait_gone,
 )
 
@@ -40,21 +39,6 @@ def quadratic(x: float) -> float:
 # The workers the roles start cannot import this test module: pickle its functions by value, as
 # cloudpickle does for functions defined in a notebook or a script's __main__.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def run_fmin(url: str, exp_key: str, n: int, workers: int) -> MongoTrials:
-    trials = MongoTrials(url, exp_key=exp_key)
-    fmin(
-        quadratic,
-        hp.uniform("x", -5, 5),
-        algo=tpe.suggest,
-        max_evals=n,
-        trials=trials,
-        max_queue_len=workers,
-        show_progressbar=False,
-    )
-    trials.refresh()
-    return trials
 
 
 @pytest.fixture
@@ -88,7 +72,7 @@ def test_ansible_playbook_way_in_runs_a_distributed_fmin_and_stops_clean(invento
     assert set(_changed(second.stdout).values()) == {0}, second.stdout
 
     url = f"mongo://{info['username']}:{password}@127.0.0.1:{port}/{info['dbname']}/jobs"
-    trials = run_fmin(url, "ansible-way", 30, workers=2)
+    trials = run_fmin(url, "ansible-way", 30, workers=2, objective=quadratic)
     assert len(trials.trials) == 30
     assert all(t["state"] == 2 and isinstance(t["result"]["loss"], float) for t in trials.trials)
     assert len({str(t["owner"]) for t in trials.trials}) == 2, "both workers took jobs"
@@ -111,7 +95,7 @@ def test_facade_way_in_runs_a_distributed_fmin_and_cleanup_frees_everything(
         assert cluster.workers_per_host == {"localhost": [1, 2]}
         assert cluster.mongo_url.startswith("mongo://pyhoptcluster:")
         assert cluster.mongo_trial_url.endswith(f"@127.0.0.1:{port}/hyperopt/jobs")
-        trials = run_fmin(cluster.mongo_trial_url, "facade-way", 30, workers=2)
+        trials = run_fmin(cluster.mongo_trial_url, "facade-way", 30, workers=2, objective=quadratic)
         assert sum(1 for t in trials.trials if t["state"] == 2 and "loss" in t["result"]) == 30
         pids = list(inventory.pids().values())
         assert len(pids) == 3

@@ -26,8 +26,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import yaml
-from hyperopt import fmin, hp, tpe
-from hyperopt.mongoexp import MongoTrials
+from local_cluster import run_fmin
 
 from pyhoptcluster import HyperoptCluster
 from pyhoptcluster.errors import PlaybookError
@@ -60,21 +59,6 @@ def objective(x: float) -> float:
 
 # The worker hosts cannot import this test module: pickle its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def run_fmin(url: str, exp_key: str, n: int, workers: int) -> MongoTrials:
-    trials = MongoTrials(url, exp_key=exp_key)
-    fmin(
-        objective,
-        hp.uniform("x", -5, 5),
-        algo=tpe.suggest,
-        max_evals=n,
-        trials=trials,
-        max_queue_len=workers,
-        show_progressbar=False,
-    )
-    trials.refresh()
-    return trials
 
 
 @dataclass
@@ -250,7 +234,7 @@ def test_warm_start_changes_nothing_and_restarts_no_worker(mh, main):
 
 
 def test_fmin_of_60_trials_is_evaluated_on_every_host(mh, main):
-    trials = run_fmin(main.cluster.mongo_trial_url, "multihost-60", 60, workers=6)
+    trials = run_fmin(main.cluster.mongo_trial_url, "multihost-60", 60, workers=6, objective=objective)
     docs = trials.trials
     assert len(docs) == 60
     assert all(d["result"]["status"] == "ok" and isinstance(d["result"]["loss"], float) for d in docs)
@@ -430,7 +414,7 @@ def test_ssh_tunnels_reach_a_server_bound_to_loopback_only(mh):
             assert f"127.0.0.1:{port}:127.0.0.1:{port}" in cmdline
             conf = mh.ssh(ip, "cat /var/lib/pyhoptcluster-worker/worker.conf")
             assert f"@127.0.0.1:{port}/hyperopt/jobs" in conf
-        trials = run_fmin(cluster.mongo_trial_url, "multihost-tunnel", 18, workers=3)
+        trials = run_fmin(cluster.mongo_trial_url, "multihost-tunnel", 18, workers=3, objective=objective)
         assert len(trials.trials) == 18 and all(d["result"]["status"] == "ok" for d in trials.trials)
         assert {str(d["owner"]).split(":")[0] for d in trials.trials} == set(mh.hostnames.values())
         # a second start leaves the tunnels alone
