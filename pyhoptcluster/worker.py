@@ -137,16 +137,15 @@ class Worker:
                         PREFIX,
                         delay,
                     )
+                    time.sleep(delay)
                 else:
-                    log.warning(
-                        "server %s:%s unreachable (%s); retrying in %.1f s",
-                        self.config.host,
-                        self.config.port,
-                        exc,
-                        delay,
-                    )
-                time.sleep(delay)
+                    self._wait_unreachable(exc, delay)
         return self.mj
+
+    def _wait_unreachable(self, exc: Exception, delay: float) -> None:
+        host, port = self.config.host, self.config.port
+        log.warning("server %s:%s unreachable (%s); retrying in %.1f s", host, port, exc, delay)
+        time.sleep(delay)
 
     def _reserve(self, mj: mongoexp.MongoJobs) -> dict[str, Any] | None:
         now = coarse_utcnow()
@@ -204,14 +203,7 @@ class Worker:
             except pymongo.errors.ConnectionFailure as exc:
                 maybe_orphaned = True
                 delay = backoff.next()
-                log.warning(
-                    "server %s:%s unreachable (%s); retrying in %.1f s",
-                    self.config.host,
-                    self.config.port,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
+                self._wait_unreachable(exc, delay)
                 continue
             except pymongo.errors.OperationFailure as exc:
                 delay = backoff.next()
