@@ -12,10 +12,7 @@ echo "== ansible-lint"; ansible-lint --profile production -q
 if [ $# -gt 0 ]; then
   exec pytest -p no:cacheprovider "$@"
 fi
-# tests/integration/test_multihost.py is left out of the default run: in a full run its test hosts are
-# torn down in the middle of the module (open bug, see the closing note of issues 2/3). Run it alone:
-#   bash scripts/test.sh tests/integration/test_multihost.py
-echo "== pytest"; pytest -p no:cacheprovider tests --ignore=tests/integration/test_multihost.py
+echo "== pytest"; pytest -p no:cacheprovider tests
 if [ -x molecule/run-all.sh ] || [ -f molecule/run-all.sh ]; then
   echo "== molecule"; bash molecule/run-all.sh
 fi

@@ -159,6 +159,14 @@ def _alive(pid: int | None, start_time: int | None) -> bool:
     return now is not None and (start_time is None or now == start_time)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())[:300]
+
+
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -496,6 +504,9 @@ class TestbedInfo:
     key_path: Path
     inventory_path: Path
     state_dir: Path
+    # the process that brought it up (pid, start time): while it lives, no other process tears it down
+    owner_pid: int | None = None
+    owner_start: int | None = None
 
     @property
     def ips(self) -> list[str]:
@@ -627,6 +638,34 @@ class Testbed:
     def _save(self, info: TestbedInfo) -> None:
         _write(self.state_file, json.dumps(info.to_json(), indent=2) + "\n", 0o600)
 
+    def _event(self, what: str) -> None:
+        """Append to logs/events.log who (pid, command line, parent) did what: the post-mortem of a test
+        bed that went away under a running test."""
+
+        line = (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {what} -- by pid {os.getpid()} ({_cmdline(os.getpid())})"
+            f", parent {os.getppid()} ({_cmdline(os.getppid())})\n"
+        )
+        with contextlib.suppress(OSError):
+            (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+            with open(self.dir / "logs" / "events.log", "a") as fh:
+                fh.write(line)
+
+    def _check_not_held(self, info: TestbedInfo | None, action: str) -> None:
+        """Refuse to tear down a test bed that another live process brought up and still uses (two test
+        runs on one machine with the same test bed name would otherwise take each other's hosts away
+        in the middle of a test)."""
+        if not info or not info.owner_pid or info.owner_pid == os.getpid():
+            return
+        if not _alive(info.owner_pid, info.owner_start):
+            return
+        raise TestbedError(
+            f"test bed {self.name!r} is in use by pid {info.owner_pid} ({_cmdline(info.owner_pid)}), which"
+            f" brought it up; {action} would take its hosts away under it. Wait for that process to end,"
+            " stop it, or use another test bed name (--name, PYHOPTCLUSTER_TESTBED_NAME); "
+            "`testbed.py down --force` tears it down anyway."
+        )
+
     def _cgroup(self, machine: str | None = None) -> str:
         return CGROUP_PREFIX + self.name + (f"/{machine}" if machine else "")
 
@@ -662,6 +701,7 @@ class Testbed:
             ):
                 self.log(f"{self.name}: already up ({', '.join(current.ips)})")
                 return current
+            self._check_not_held(current, "recreating it" if recreate else "replacing it")
             ensure_control_tools()
             hierarchies = _cgroup_hierarchies()
             self._down_locked(timeout=60.0)
@@ -702,6 +742,8 @@ class Testbed:
             key_path=self.key_path,
             inventory_path=self.inventory_path,
             state_dir=self.dir,
+            owner_pid=os.getpid(),
+            owner_start=_proc_start_time(os.getpid()),
         )
         self._save(info)  # recorded before anything starts, so a crash from here on leaves a trail for `down`
         _run(["ip", "link", "add", "name", self.bridge, "type", "bridge"])
@@ -713,6 +755,7 @@ class Testbed:
         for h in hosts:
             self._launch(h, hierarchies)
             self._save(info)
+        self._event(f"up: launched {', '.join(h.name for h in hosts)}")
         self.log(f"{self.name}: {len(hosts)} hosts launched, waiting for ssh")
         self._wait_ready(info, time.monotonic() + timeout)
         self.timings["boot"] = time.monotonic() - t2
@@ -838,10 +881,13 @@ class Testbed:
 
     # -- down ---------------------------------------------------------------------------------------
 
-    def down(self, timeout: float = 60.0) -> None:
+    def down(self, timeout: float = 60.0, *, force: bool = False) -> None:
         """Stop every host by its recorded PID, kill what is left in its cgroups, unmount, delete the
-        bridge and the state. Safe on a half-dead test bed and when nothing is up."""
+        bridge and the state. Safe on a half-dead test bed and when nothing is up. A test bed that another
+        live process brought up is left alone (TestbedError) unless ``force``."""
         with _flock(self.lock_path):
+            if not force:
+                self._check_not_held(self.info(), "`down`")
             self._down_locked(timeout)
 
     def _down_locked(self, timeout: float, keep_logs: bool = True) -> None:
@@ -850,6 +896,8 @@ class Testbed:
         info = self.info()
         did_something = False
         hosts = info.hosts if info else []
+        if any(h.alive for h in hosts):
+            self._event(f"down: stopping {', '.join(h.name for h in hosts if h.alive)}")
         # 1. polite: SIGTERM each supervisor (it forwards to nspawn -> orderly poweroff inside)
         for h in hosts:
             if h.alive:
@@ -1062,6 +1110,9 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop the hosts and remove mounts, cgroups and the bridge")
     common(down)
     down.add_argument("--timeout", type=float, default=60.0)
+    down.add_argument(
+        "--force", action="store_true", help="also when another live process brought it up and uses it"
+    )
 
     st = sub.add_parser("status", help="show hosts (exit 0 when all answer ssh, 1 otherwise)")
     common(st)
@@ -1112,7 +1163,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         tb = Testbed(args.name, state_dir=args.state_dir)
         if args.cmd == "down":
-            tb.down(args.timeout)
+            tb.down(args.timeout, force=args.force)
             return 0
         if args.cmd == "status":
             st = tb.status()

@@ -226,3 +226,47 @@ def test_host_that_never_answers_is_named_in_the_error_and_nothing_is_left(own_t
     with pytest.raises(tb_mod.TestbedError, match=rf"host {OWN_NAME}-1 \({OWN_SUBNET}\.11\) never came up"):
         own_testbed.up(timeout=0.01)
     assert _leftovers(own_testbed, {}, [f"{OWN_NAME}-1", f"{OWN_NAME}-2"]) == []
+
+
+HOLDER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("tb_holder", sys.argv[1])
+tb_mod = importlib.util.module_from_spec(spec)
+sys.modules["tb_holder"] = tb_mod
+spec.loader.exec_module(tb_mod)
+tb = tb_mod.Testbed(sys.argv[2], 1, sys.argv[3])
+tb.up(timeout=120)
+print("ready", flush=True)
+sys.stdin.read()  # hold the test bed until stdin closes
+tb.down()
+"""
+
+
+def test_a_testbed_held_by_another_live_process_is_not_torn_down_under_it(own_testbed):
+    # two test runs on one machine with the same test bed name: the second must not take the first's
+    # hosts away mid-test (it did, before test beds had an owner)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(REPO / "tests/hosts/testbed.py"), OWN_NAME, OWN_SUBNET],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        info = own_testbed.info()
+        assert info.owner_pid == holder.pid
+        with pytest.raises(tb_mod.TestbedError, match=rf"in use by pid {holder.pid} .*another test bed name"):
+            tb_mod.Testbed(OWN_NAME, 1, OWN_SUBNET).up(timeout=60, recreate=True)
+        with pytest.raises(tb_mod.TestbedError, match=rf"in use by pid {holder.pid}"):
+            own_testbed.down()
+        assert info.hosts[0].alive and info.ssh(info.hosts[0], "hostname").stdout.strip() == f"{OWN_NAME}-1"
+        # a plain `up` of the same shape shares the healthy test bed instead of replacing it
+        shared = tb_mod.Testbed(OWN_NAME, 1, OWN_SUBNET).up(timeout=60)
+        assert [h.supervisor_pid for h in shared.hosts] == [h.supervisor_pid for h in info.hosts]
+        holder.stdin.close()
+        assert holder.wait(timeout=90) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert _leftovers(own_testbed, {}, [f"{OWN_NAME}-1"]) == []
