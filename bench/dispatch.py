@@ -74,19 +74,25 @@ def bench_raw_reservations(url: str, n: int = 300) -> float:
     return rate
 
 
-def _worker_side_rate(trials: MongoTrials) -> float:
+def worker_span(trials: MongoTrials) -> tuple[int, float]:
+    """(finished trials, seconds from the first reservation to the last result) from the job documents."""
     docs = [t for t in trials.trials if t["state"] == 2]
     first = min(t["book_time"] for t in docs)
     last = max(t["refresh_time"] for t in docs)
-    return _rate(len(docs), (last - first).total_seconds())
+    return len(docs), (last - first).total_seconds()
 
 
-def run_experiment(url: str, exp_key: str, n: int, max_queue_len: int) -> tuple[float, float]:
+def _worker_side_rate(trials: MongoTrials) -> float:
+    return _rate(*worker_span(trials))
+
+
+def run_fmin(url: str, exp_key: str, n: int, max_queue_len: int, fn=objective) -> tuple[MongoTrials, float]:
+    """fmin of ``n`` trials of ``fn`` through MongoTrials; (the refreshed trials, driver wall seconds)."""
     trials = MongoTrials(url, exp_key=exp_key)
     trials.delete_all()
     t0 = time.perf_counter()
     fmin(
-        objective,
+        fn,
         SPACE,
         algo=rand.suggest,
         max_evals=n,
@@ -94,14 +100,19 @@ def run_experiment(url: str, exp_key: str, n: int, max_queue_len: int) -> tuple[
         max_queue_len=max_queue_len,
         show_progressbar=False,
     )
-    wall = _rate(n, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
     trials.refresh()
     done = sum(1 for t in trials.trials if t["state"] == 2)
     if done != n:
         raise RuntimeError(f"{exp_key}: only {done}/{n} trials finished")
+    return trials, wall
+
+
+def run_experiment(url: str, exp_key: str, n: int, max_queue_len: int) -> tuple[float, float]:
+    trials, wall = run_fmin(url, exp_key, n, max_queue_len)
     rate = _worker_side_rate(trials)
     trials.delete_all()
-    return rate, wall
+    return rate, _rate(n, wall)
 
 
 def _free_port() -> int:
