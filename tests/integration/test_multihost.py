@@ -147,6 +147,23 @@ def _alive_with(pid: int, needle: str) -> bool:
     return needle in cmdline
 
 
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid``."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            kids.append(int(stat.parent.name))
+    return kids
+
+
 def _stop_leftovers(state_dir: Path) -> None:
     """Stop by pid file what a failed test may have left: the server and the ssh tunnels."""
     pidfiles = [(state_dir / "mongod.pid", str(state_dir))]
@@ -405,18 +422,39 @@ def test_ssh_tunnels_reach_a_server_bound_to_loopback_only(mh):
         # the hosts cannot reach the server: it listens on the control node's loopback only
         probe = f"python3 -c 'import socket; socket.create_connection((\"{mh.tb.bridge_ip}\", {port}), 3)'"
         assert mh.tb.ssh(mh.ips[0], probe).returncode != 0
-        # one tunnel per host, supervised by pid file, no secret on its command line
+        # one tunnel per host: a keeper (pid file) running ssh, no secret on either command line
         password = Path(cluster.info.password_file).read_text().strip()
         pids = {ip: int((tunnels / f"tunnel-{ip}.pid").read_text()) for ip in mh.ips}
+        ssh_pids = {}
         for ip, pid in pids.items():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            assert cmdline[0] == "ssh" and f"root@{ip}" in cmdline and password not in " ".join(cmdline)
-            assert f"127.0.0.1:{port}:127.0.0.1:{port}" in cmdline
+            cmdline = _cmdline(pid)
+            assert cmdline[1].endswith("ssh_tunnel_keeper.py") and password not in " ".join(cmdline)
+            (ssh_pid,) = _children(pid)
+            ssh_pids[ip] = ssh_pid
+            assert _cmdline(ssh_pid) == cmdline[cmdline.index("--") + 1 :]
+            assert _cmdline(ssh_pid)[0] == "ssh" and f"root@{ip}" in _cmdline(ssh_pid)
+            assert f"127.0.0.1:{port}:127.0.0.1:{port}" in _cmdline(ssh_pid)
             conf = mh.ssh(ip, "cat /var/lib/pyhoptcluster-worker/worker.conf")
             assert f"@127.0.0.1:{port}/hyperopt/jobs" in conf
         trials = run_fmin(cluster.mongo_trial_url, "multihost-tunnel", 18, workers=3, objective=objective)
         assert len(trials.trials) == 18 and all(d["result"]["status"] == "ok" for d in trials.trials)
         assert {str(d["owner"]).split(":")[0] for d in trials.trials} == set(mh.hostnames.values())
+        # a tunnel whose ssh dies (connection lost) comes back by itself, and its host works again
+        h1 = mh.ips[0]
+        os.kill(ssh_pids[h1], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while [c for c in _children(pids[h1]) if c != ssh_pids[h1]] == []:
+            assert time.monotonic() < deadline, (tunnels / f"tunnel-{h1}.log").read_text()[-2000:]
+            time.sleep(0.2)
+        assert "starting it again" in (tunnels / f"tunnel-{h1}.log").read_text()
+        on_h1 = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 3)'"
+        while mh.tb.ssh(h1, on_h1).returncode != 0:  # the new ssh's listener on the host
+            assert time.monotonic() < deadline, (tunnels / f"tunnel-{h1}.log").read_text()[-2000:]
+            time.sleep(0.2)
+        # the host's worker takes part again (it retries the server with a backoff of a few seconds)
+        again = run_fmin(cluster.mongo_trial_url, "multihost-tunnel-2", 30, workers=3, objective=objective)
+        assert len(again.trials) == 30 and all(d["result"]["status"] == "ok" for d in again.trials)
+        assert mh.hostnames[h1] in {str(d["owner"]).split(":")[0] for d in again.trials}
         # a second start leaves the tunnels alone
         cluster.start(worker_count=3)
         assert {ip: int((tunnels / f"tunnel-{ip}.pid").read_text()) for ip in mh.ips} == pids
