@@ -1,6 +1,7 @@
 """pyhoptcluster: a Hyperopt cluster brought up by Ansible and driven from Python.
 
-Importing the package makes hyperopt's Mongo mode (``hyperopt.mongoexp``) work on pymongo 4.
+Importing the package makes hyperopt's Mongo mode (``hyperopt.mongoexp``) work on pymongo 4 and
+lets a trials object set fmin's driver poll (``trials.poll_interval_secs``, see :mod:`.driver`).
 The control side (``HyperoptCluster``, the launchers, the errors) is imported lazily on first use,
 so worker hosts, which have neither Ansible nor ansible-runner, can import the package.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from pyhoptcluster import driver as _driver
 from pyhoptcluster import trials as _trials
 
 _trials.apply()
+_driver.apply()
 
 __version__ = "0.1.0"
 

@@ -63,11 +63,19 @@ class LocalInventory:
 
 
 def run_fmin(
-    url: str, exp_key: str, n: int, workers: int, objective: Callable[[float], float]
+    url: str,
+    exp_key: str,
+    n: int,
+    workers: int,
+    objective: Callable[[float], float],
+    poll_interval: float | None = None,
 ) -> MongoTrials:
     """A real distributed fmin of ``n`` trials through plain MongoTrials; returns the refreshed trials.
-    ``objective`` must be picklable by value (workers cannot import test modules)."""
+    ``objective`` must be picklable by value (workers cannot import test modules); ``poll_interval``
+    sets the driver's poll (``trials.poll_interval_secs``, pyhoptcluster.driver)."""
     trials = MongoTrials(url, exp_key=exp_key)
+    if poll_interval is not None:
+        trials.poll_interval_secs = poll_interval
     fmin(
         objective,
         hp.uniform("x", -5, 5),

@@ -15,6 +15,7 @@ from pathlib import Path
 import cloudpickle
 import pymongo
 import pytest
+from hyperopt.fmin import FMinIter
 from local_cluster import (
     BIN,
     LocalInventory,
@@ -86,8 +87,18 @@ def test_ansible_playbook_way_in_runs_a_distributed_fmin_and_stops_clean(invento
 
 
 def test_facade_way_in_runs_a_distributed_fmin_and_cleanup_frees_everything(
-    inventory: LocalInventory,
+    inventory: LocalInventory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # fmin's driver (hyperopt's FMinIter) runs with the trials object's poll interval: recorded by a
+    # spy that calls the real run()
+    polls: list[float] = []
+    real_run = FMinIter.run
+
+    def spy(self, *args, **kwargs):
+        polls.append(self.poll_interval_secs)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(FMinIter, "run", spy)
     port = free_port()
     with HyperoptCluster(str(inventory.path)) as cluster:
         cluster.start(worker_count=2, master_port=port)
@@ -95,8 +106,11 @@ def test_facade_way_in_runs_a_distributed_fmin_and_cleanup_frees_everything(
         assert cluster.workers_per_host == {"localhost": [1, 2]}
         assert cluster.mongo_url.startswith("mongo://pyhoptcluster:")
         assert cluster.mongo_trial_url.endswith(f"@127.0.0.1:{port}/hyperopt/jobs")
-        trials = run_fmin(cluster.mongo_trial_url, "facade-way", 30, workers=2, objective=quadratic)
+        trials = run_fmin(
+            cluster.mongo_trial_url, "facade-way", 30, workers=2, objective=quadratic, poll_interval=0.2
+        )
         assert sum(1 for t in trials.trials if t["state"] == 2 and "loss" in t["result"]) == 30
+        assert polls == [0.2]
         pids = list(inventory.pids().values())
         assert len(pids) == 3
         assert "***" in repr(cluster) and cluster.info.password() not in repr(cluster)
