@@ -86,9 +86,14 @@ def _worker_side_rate(trials: MongoTrials) -> float:
     return _rate(*worker_span(trials))
 
 
-def run_fmin(url: str, exp_key: str, n: int, max_queue_len: int, fn=objective) -> tuple[MongoTrials, float]:
-    """fmin of ``n`` trials of ``fn`` through MongoTrials; (the refreshed trials, driver wall seconds)."""
+def run_fmin(
+    url: str, exp_key: str, n: int, max_queue_len: int, fn=objective, poll_interval: float | None = None
+) -> tuple[MongoTrials, float]:
+    """fmin of ``n`` trials of ``fn`` through MongoTrials; (the refreshed trials, driver wall seconds).
+    ``poll_interval``: the driver's poll (``trials.poll_interval_secs``), hyperopt's 1 s if None."""
     trials = MongoTrials(url, exp_key=exp_key)
+    if poll_interval is not None:
+        trials.poll_interval_secs = poll_interval
     trials.delete_all()
     t0 = time.perf_counter()
     fmin(
