@@ -76,7 +76,7 @@ def bench_hosts(testbed_mod, n: int, name: str, subnet: str) -> dict[str, float]
     info = bed.up(recreate=True)
     boot = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
-    cluster, stopped = None, True
+    cluster = None  # set while a cluster may be running
     try:
         inventory = yaml.safe_load(Path(info.inventory_path).read_text())
         inventory["all"]["vars"]["hyperopt_mongodb_state_dir"] = str(tmp / "server")
@@ -87,7 +87,6 @@ def bench_hosts(testbed_mod, n: int, name: str, subnet: str) -> dict[str, float]
         inv_path = tmp / "hosts.yml"
         inv_path.write_text(yaml.safe_dump(inventory))
         cluster = HyperoptCluster(str(inv_path))
-        stopped = False
         count = 2 * n
         cold = _timed(lambda: cluster.start(worker_count=count))
         placed = sum(len(ids) for ids in cluster.workers_per_host.values())
@@ -98,7 +97,7 @@ def bench_hosts(testbed_mod, n: int, name: str, subnet: str) -> dict[str, float]
         queue_per_poll = round(count / OBJECTIVE_S)  # jobs the workers finish in one 1 s driver poll
         util_q = utilisation(cluster.mongo_trial_url, count, f"bench-deploy-{n}-q", queue_per_poll)
         down = _timed(cluster.cleanup)
-        stopped = True
+        cluster = None
         return {
             "boot": boot,
             "cold": cold,
@@ -109,9 +108,7 @@ def bench_hosts(testbed_mod, n: int, name: str, subnet: str) -> dict[str, float]
             "cleanup": down,
         }
     finally:
-        if (
-            cluster is not None and not stopped
-        ):  # a failed or interrupted run: stop the server (its state dir is deleted below)
+        if cluster is not None:  # a failed or interrupted run: stop the server (its state dir goes below)
             try:
                 cluster.cleanup()
             except Exception as exc:

@@ -26,8 +26,9 @@ from hyperopt.fmin import FMinIter
 
 ATTRIBUTE = "poll_interval_secs"
 _MARKER = "_pyhoptcluster_poll_interval"
-# FMinIter.__init__(self, algo, domain, trials, rstate, asynchronous, max_queue_len, poll_interval_secs, ...)
-_POSITION_AFTER_RSTATE = 2
+# FMinIter.__init__(self, algo, domain, trials, rstate, asynchronous, max_queue_len, poll_interval_secs, ...):
+# the index of poll_interval_secs among the positional arguments after rstate
+_POLL_ARG_INDEX = 2
 
 
 def poll_interval_of(trials: Any) -> float | None:
@@ -61,7 +62,7 @@ def apply() -> None:
     def __init__(self, algo, domain, trials, rstate, *args, **kwargs):
         own = poll_interval_of(trials)
         original(self, algo, domain, trials, rstate, *args, **kwargs)
-        if own is not None and "poll_interval_secs" not in kwargs and len(args) <= _POSITION_AFTER_RSTATE:
+        if own is not None and "poll_interval_secs" not in kwargs and len(args) <= _POLL_ARG_INDEX:
             self.poll_interval_secs = own
 
     setattr(__init__, _MARKER, True)

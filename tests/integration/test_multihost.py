@@ -11,6 +11,7 @@ running is stopped by pid file at teardown. Timings (cold/warm start, cleanup) a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -113,6 +114,15 @@ class Multihost:
         assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
         return proc.stdout
 
+    @contextlib.contextmanager
+    def hidden(self, host: str, path: str) -> Iterator[None]:
+        """``path`` on ``host`` renamed away for the duration (a fault), always put back."""
+        self.ssh(host, f"mv {path} {path}.hidden")
+        try:
+            yield
+        finally:
+            self.ssh(host, f"mv {path}.hidden {path}")
+
     def units(self, host: str, ids=range(1, 8)) -> dict[str, tuple[str, str, int]]:
         """unit -> (ActiveState, is-enabled, MainPID) of the target and hyperopt-worker@<ids>."""
         names = ["hyperopt-workers.target"] + [f"hyperopt-worker@{i}.service" for i in ids]
@@ -141,10 +151,9 @@ class Multihost:
 
 def _alive_with(pid: int, needle: str) -> bool:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return needle in " ".join(_cmdline(pid))
     except OSError:
         return False
-    return needle in cmdline
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -357,12 +366,8 @@ def test_wrong_ssh_key_is_named_and_the_other_hosts_keep_their_workers(mh, three
 def test_host_without_python3_is_named_with_what_is_missing(mh, three_running):
     h1, h2, h3 = mh.ips
     cluster, _ = mh.cluster(mh.inventory("no-python"))
-    mh.ssh(h3, "mv /usr/bin/python3 /usr/bin/python3.hidden")
-    try:
-        with pytest.raises(PlaybookError) as err:
-            cluster.start(worker_count=3)
-    finally:
-        mh.ssh(h3, "mv /usr/bin/python3.hidden /usr/bin/python3")
+    with mh.hidden(h3, "/usr/bin/python3"), pytest.raises(PlaybookError) as err:
+        cluster.start(worker_count=3)
     message = str(err.value)
     assert f"{h3} cannot run hyperopt workers: no Python at /usr/bin/python3" in message, message
     assert "apt-get install python3" in message
@@ -374,12 +379,8 @@ def test_host_without_systemd_is_named_when_systemd_is_required(mh, three_runnin
     h3 = mh.ips[2]
     cluster, _ = mh.cluster(mh.inventory("no-systemd", hyperopt_worker_service_manager="systemd"))
     # sd_booted() and the role's probe look for /run/systemd/system; hide it for the duration
-    mh.ssh(h3, "mv /run/systemd/system /run/systemd/system.hidden")
-    try:
-        with pytest.raises(PlaybookError) as err:
-            cluster.start(worker_count=3)
-    finally:
-        mh.ssh(h3, "mv /run/systemd/system.hidden /run/systemd/system")
+    with mh.hidden(h3, "/run/systemd/system"), pytest.raises(PlaybookError) as err:
+        cluster.start(worker_count=3)
     message = str(err.value)
     assert f"{h3} cannot run hyperopt workers: systemd is not PID 1 there" in message, message
     assert mh.running() == three_running
