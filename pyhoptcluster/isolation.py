@@ -15,13 +15,15 @@ import logging
 import multiprocessing
 import signal
 import sys
+import threading
+import time
 from typing import Any
 
 import pymongo.errors
 from hyperopt import mongoexp
 from hyperopt.base import JOB_STATE_ERROR, JOB_STATE_RUNNING
 
-from pyhoptcluster.jobrunner import JobRunner, StopRequested, connect
+from pyhoptcluster.jobrunner import JobRunner, StopRequested, connect, timeout_reason
 from pyhoptcluster.worker_config import WorkerConfig
 from pyhoptcluster.worker_logging import quiet_stock_url_logging, setup_logging
 
@@ -76,9 +78,14 @@ class ChildJobRunner:
         self._child: multiprocessing.process.BaseProcess | None = None
         self._mp: Any = None
 
-    def execute(self, mj: mongoexp.MongoJobs, job: dict[str, Any]) -> bool:
+    def execute(
+        self, mj: mongoexp.MongoJobs, job: dict[str, Any], lost: threading.Event | None = None
+    ) -> bool:
         """Run ``job`` (reserved by us) in a child and wait for it. True if it succeeded.
 
+        The child arms the trial timeout itself; the parent stops a child still running a few
+        seconds past it (an objective stuck in C code) and records the job ERROR. A child whose job
+        was reclaimed (``lost`` set by the heartbeat) is stopped: its result would be dropped.
         Raises ``AutoReconnect`` when the child could not reach the server before the objective
         ran, so the caller puts the job back to NEW as with an in-process connection failure."""
         if self._mp is None:
@@ -92,7 +99,30 @@ class ChildJobRunner:
         )
         self._child = child
         child.start()
-        child.join()
+        limit = self.runner.config.trial_timeout
+        deadline = None if not limit else time.monotonic() + limit + 3.0
+        while child.is_alive():
+            child.join(timeout=0.5)
+            if not child.is_alive():
+                break
+            if lost is not None and lost.is_set():
+                log.warning("job %s was reclaimed by another sweeper: stopping its child", job["_id"])
+                self._end_child(child)
+                self._child = None
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("job %s: %s", job["_id"], timeout_reason(limit))
+                self._end_child(child)
+                self._child = None
+                self.runner.finish(
+                    mj,
+                    job,
+                    {
+                        "state": JOB_STATE_ERROR,
+                        "error": ["<class 'pyhoptcluster.jobrunner.TrialTimeout'>", timeout_reason(limit)],
+                    },
+                )
+                return False
         self._child = None
         code = child.exitcode
         if code == _CHILD_DONE:
@@ -113,13 +143,18 @@ class ChildJobRunner:
         )
         return False
 
+    def _end_child(self, child: multiprocessing.process.BaseProcess) -> None:
+        """SIGTERM, then SIGKILL after the config's child stop timeout (the worker's own less 5 s)."""
+        wait = self.runner.config.child_stop_timeout
+        child.terminate()
+        child.join(timeout=wait)
+        if child.is_alive():
+            log.warning("job child %s ignored SIGTERM for %.3g s; killing it", child.pid, wait)
+            child.kill()
+            child.join(timeout=10)
+
     def stop(self) -> None:
-        """Stop the running child, if any: SIGTERM, then SIGKILL after 30 s."""
+        """Stop the running child, if any, within the worker's stop timeout (HYPEROPT_WORKER_STOP_TIMEOUT)."""
         child = self._child
         if child is not None and child.is_alive():
-            child.terminate()
-            child.join(timeout=30)
-            if child.is_alive():
-                log.warning("job child %s ignored SIGTERM for 30 s; killing it", child.pid)
-                child.kill()
-                child.join(timeout=10)
+            self._end_child(child)

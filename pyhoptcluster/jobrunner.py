@@ -11,8 +11,10 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -47,6 +49,42 @@ SERVER_SELECTION_TIMEOUT_MS = 5000
 
 class StopRequested(BaseException):
     """Raised by the signal handler; a BaseException so objectives' ``except Exception`` let it by."""
+
+
+class TrialTimeout(BaseException):
+    """A trial ran past ``HYPEROPT_WORKER_TRIAL_TIMEOUT``; a BaseException so objectives let it by."""
+
+
+def timeout_reason(seconds: float) -> str:
+    return (
+        f"trial exceeded its wall-clock limit of {seconds:g} s (hyperopt_worker_trial_timeout, "
+        f"{PREFIX_TIMEOUT}); it was stopped"
+    )
+
+
+PREFIX_TIMEOUT = "HYPEROPT_WORKER_TRIAL_TIMEOUT"
+
+
+@contextlib.contextmanager
+def trial_alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`TrialTimeout` in this (main) thread after ``seconds``; 0 = no limit.
+
+    Python code is interrupted at once; code inside a C extension that holds the interpreter is
+    interrupted when it returns (use subprocess isolation for such objectives: the child is killed)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TrialTimeout(timeout_reason(seconds))
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def make_owner(instance: str, hostname: str | None = None, pid: int | None = None) -> str:
@@ -154,7 +192,7 @@ class JobRunner:
             worker_fn = self._load_fn(mj, job, ctrl)
             spec = spec_from_misc(job["misc"])
             started = True
-            with _job_dir(self._workdir(job)):
+            with _job_dir(self._workdir(job)), trial_alarm(self.config.trial_timeout):
                 result = SONify(worker_fn(spec, ctrl))
             attachments = result.pop("attachments", {})
             for name, value in list(attachments.items()):
@@ -234,6 +272,7 @@ def release_jobs(mj: mongoexp.MongoJobs, owner: str) -> int:
         {"owner": owner, "state": JOB_STATE_RUNNING},
         {
             "$set": {"state": JOB_STATE_NEW, "owner": None, "book_time": None, "refresh_time": None},
+            "$unset": {"heartbeat": ""},
             "$inc": {"version": 1},
         },
     )

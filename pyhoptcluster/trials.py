@@ -20,7 +20,9 @@ Behaviour is kept as stock except where stock could not work or was plainly brok
 * ``MongoTrials.new_trial_ids`` no longer sleeps 1 s on the first call of a fresh database, and a
   unique index on ``job_ids.a`` keeps concurrent first calls from handing out the same ids;
 * ``MongoWorker.run_one`` honours a poll interval below 1 s (:func:`poll_sleep_interval`);
-* ``MongoJobs.alloc`` passes the ``config_name`` its constructor requires.
+* ``MongoJobs.alloc`` passes the ``config_name`` its constructor requires;
+* the driver's reads and writes retry through a server outage, and its poll reclaims stale jobs of
+  dead workers (:mod:`pyhoptcluster.outage`, :mod:`pyhoptcluster.liveness`).
 
 URL parsing and connections live in :mod:`pyhoptcluster.mongourl` (also importable from here);
 this module holds the replaced job-queue, trials and worker methods and :func:`apply`.
@@ -57,6 +59,7 @@ from hyperopt.base import (
 from hyperopt.utils import coarse_utcnow, json_call, temp_dir, working_dir
 from pymongo import ReturnDocument
 
+from pyhoptcluster import outage
 from pyhoptcluster.mongourl import (
     DEFAULT_PORT,
     auth_source,
@@ -233,7 +236,7 @@ def _trials_insert_trial_docs(self, docs):
     rval = []
     for doc in docs:
         _check_keys(doc)
-        rval.append(self.handle.jobs.insert_one(doc).inserted_id)
+        rval.append(outage.insert_once(self.handle.jobs, doc))
     return rval
 
 
@@ -388,8 +391,10 @@ _PATCHES: list[tuple[Any, str, Any]] = [
     (mongoexp.MongoJobs, "reserve", _jobs_reserve),
     (mongoexp.MongoJobs, "update", _jobs_update),
     (mongoexp.MongoTrials, "_insert_trial_docs", _trials_insert_trial_docs),
-    (mongoexp.MongoTrials, "count_by_state_unsynced", _trials_count_by_state_unsynced),
-    (mongoexp.MongoTrials, "new_trial_ids", _trials_new_trial_ids),
+    # the driver's reads and writes ride out a server outage; its poll also sweeps stale jobs
+    (mongoexp.MongoTrials, "count_by_state_unsynced", outage.with_sweep(_trials_count_by_state_unsynced)),
+    (mongoexp.MongoTrials, "new_trial_ids", outage.retrying(_trials_new_trial_ids)),
+    (mongoexp.MongoTrials, "refresh_tids", outage.retrying(mongoexp.MongoTrials.refresh_tids)),
     (mongoexp.MongoWorker, "run_one", _worker_run_one),
 ]
 

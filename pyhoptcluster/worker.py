@@ -16,11 +16,26 @@ mode 0600); without ``--config`` the same keys are read from the environment:
                                             driver's workdir or the cwd, plus ``/<job id>``)
 ``HYPEROPT_WORKER_MAX_CONSECUTIVE_FAILURES``  give up after N failed jobs in a row (default 0 =
                                             never)
+``HYPEROPT_WORKER_HEARTBEAT``               seconds between heartbeats on the running job and
+                                            the worker record (default 10)
+``HYPEROPT_WORKER_HEARTBEAT_GRACE``         a job silent this long is reclaimed by any sweeper
+                                            (default 60; at least twice the heartbeat)
+``HYPEROPT_WORKER_MAX_ATTEMPTS``            a job reclaimed this many times becomes ERROR
+                                            (default 3)
+``HYPEROPT_WORKER_TRIAL_TIMEOUT``           wall-clock limit of one trial in seconds; past it
+                                            the trial is stopped and recorded ERROR (default 0
+                                            = no limit)
+``HYPEROPT_WORKER_MAX_JOBS``                exit 0 after this many jobs (default 0 = no limit)
+``HYPEROPT_WORKER_STOP_TIMEOUT``            seconds the worker has to stop after SIGTERM, as its
+                                            service manager grants it (default 15); a job child
+                                            gets 5 s less, so its job is handed back in time
 ==========================================  ==================================================
 
 How it works: one process with one connection reserves a job with ``find_one_and_update``
-(owner ``<hostname>:<instance>:<pid>``), runs it and writes the result in one update, then
-reserves the next; it sleeps the poll interval only when the queue is empty. The objective (the
+(owner ``<hostname>:<instance>:<pid>``, plus a lease: see :mod:`pyhoptcluster.liveness`), runs it
+and writes the result in one update, then reserves the next; a heartbeat thread refreshes the
+running job, writes the worker's record (collection ``workers``) and reclaims stale jobs of dead
+workers; it sleeps the poll interval only when the queue is empty. The objective (the
 pickled domain) is loaded once per experiment and reused while the driver's attachment is
 unchanged. In ``subprocess`` isolation each job runs in a child forked from a clean, preloaded
 fork server (no interpreter start per job, nothing inherited from this process's connection).
@@ -29,8 +44,9 @@ Signals: SIGTERM or SIGINT stops the worker; a job it was running is put back to
 (owner None) for another worker, and it exits 0. An unreachable or restarting server is retried
 with exponential backoff (0.5 s doubling to 30 s), never a crash loop.
 
-Exit codes: 0 stopped by a signal; 1 gave up after MAX_CONSECUTIVE_FAILURES failed jobs;
-2 bad configuration (missing/unreadable config file, missing key, bad value).
+Exit codes: 0 stopped by a signal, or MAX_JOBS done (not restarted); 1 gave up after
+MAX_CONSECUTIVE_FAILURES failed jobs; 2 bad configuration (missing/unreadable config file,
+missing key, bad value).
 
 The password is never printed: log lines go through a formatter that masks it. This module is
 on the worker side: it imports nothing from Ansible or the control side. It holds the job loop
@@ -53,9 +69,8 @@ from typing import Any
 import pymongo
 import pymongo.errors
 from hyperopt import mongoexp
-from hyperopt.base import JOB_STATE_NEW, JOB_STATE_RUNNING
-from hyperopt.utils import coarse_utcnow
 
+from pyhoptcluster import liveness
 from pyhoptcluster.isolation import ChildJobRunner
 from pyhoptcluster.jobrunner import Backoff, JobRunner, StopRequested, connect, make_owner, release_jobs
 from pyhoptcluster.worker_config import PREFIX, ConfigError, WorkerConfig, load_config, read_config_file
@@ -103,6 +118,9 @@ class Worker:
         self.children = (
             ChildJobRunner(self.runner, log_level, instance) if config.isolation == "subprocess" else None
         )
+        self.heartbeat = liveness.Heartbeat(
+            lambda: connect(config), self.owner, instance, config.lease, config.exp_key
+        )
         self.mj: mongoexp.MongoJobs | None = None
         self.stopping = False
         self.jobs_done = 0
@@ -148,37 +166,31 @@ class Worker:
         time.sleep(delay)
 
     def _reserve(self, mj: mongoexp.MongoJobs) -> dict[str, Any] | None:
-        now = coarse_utcnow()
-        query: dict[str, Any] = {"owner": None, "state": JOB_STATE_NEW}
-        if self.config.exp_key is not None:
-            query["exp_key"] = self.config.exp_key
-        return mj.jobs.find_one_and_update(
-            query,
-            {
-                "$set": {
-                    "owner": self.owner,
-                    "book_time": now,
-                    "state": JOB_STATE_RUNNING,
-                    "refresh_time": now,
-                }
-            },
-            return_document=pymongo.ReturnDocument.AFTER,
-        )
+        return liveness.reserve(mj.jobs, self.owner, self.config.lease, self.config.exp_key)
 
     # -- main loop
     def run(self) -> int:
+        cfg = self.config
         log.info(
-            "starting: owner %s, server %s, isolation %s, poll %.3g s%s",
+            "starting: owner %s, server %s, isolation %s, poll %.3g s, heartbeat %.3g s (grace %.3g s)%s%s%s",
             self.owner,
-            self.config.masked_url,
-            self.config.isolation,
-            self.config.poll_interval,
-            f", exp_key {self.config.exp_key}" if self.config.exp_key else "",
+            cfg.masked_url,
+            cfg.isolation,
+            cfg.poll_interval,
+            cfg.heartbeat,
+            cfg.heartbeat_grace,
+            f", exp_key {cfg.exp_key}" if cfg.exp_key else "",
+            f", trial timeout {cfg.trial_timeout:.3g} s" if cfg.trial_timeout else "",
+            f", max {cfg.max_jobs} jobs" if cfg.max_jobs else "",
         )
+        self.heartbeat.start()
         try:
-            return self._loop()
+            code = self._loop()
+            self.heartbeat.stop("exited")
+            return code
         except StopRequested:
             self._shutdown()
+            self.heartbeat.stop("stopped")
             log.info("stopped after %d jobs done, %d failed", self.jobs_done, self.jobs_failed)
             return EXIT_STOPPED
         finally:
@@ -218,12 +230,14 @@ class Worker:
                 continue
             idle_logged = False
             log.debug("reserved job %s (tid %s, exp_key %s)", job["_id"], job.get("tid"), job.get("exp_key"))
+            self.heartbeat.set_job(job)
             try:
                 if self.children is not None:
-                    ok = self.children.execute(mj, job)
+                    ok = self.children.execute(mj, job, lost=self.heartbeat.lost)
                 else:
                     ok = self.runner.execute(mj, job)
             except pymongo.errors.ConnectionFailure as exc:
+                self.heartbeat.set_job(None)
                 maybe_orphaned = True  # the job goes back to NEW as soon as the server answers
                 delay = backoff.next()
                 log.warning("lost the server before job %s ran (%s); retry in %.1f s", job["_id"], exc, delay)
@@ -235,6 +249,17 @@ class Worker:
             else:
                 self.jobs_failed += 1
                 consecutive_failures += 1
+            self.heartbeat.jobs_done, self.heartbeat.jobs_failed = self.jobs_done, self.jobs_failed
+            self.heartbeat.set_job(None)
+            if self.config.max_jobs and self.jobs_done + self.jobs_failed >= self.config.max_jobs:
+                log.info(
+                    "finished %d jobs (%sMAX_JOBS=%d): exiting",
+                    self.jobs_done + self.jobs_failed,
+                    PREFIX,
+                    self.config.max_jobs,
+                )
+                return EXIT_STOPPED
+            if not ok:
                 limit = self.config.max_consecutive_failures
                 if limit and consecutive_failures >= limit:
                     log.error(

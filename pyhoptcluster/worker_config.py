@@ -18,6 +18,7 @@ from typing import Any
 
 from hyperopt import mongoexp
 
+from pyhoptcluster import liveness
 from pyhoptcluster.mongourl import DEFAULT_PORT, mask_url, parse_url
 
 log = logging.getLogger("pyhoptcluster.worker")  # one logger for everything the worker logs
@@ -30,7 +31,16 @@ KEYS = {
     "EXP_KEY",
     "WORKDIR",
     "MAX_CONSECUTIVE_FAILURES",
+    "HEARTBEAT",
+    "HEARTBEAT_GRACE",
+    "MAX_ATTEMPTS",
+    "TRIAL_TIMEOUT",
+    "MAX_JOBS",
+    "STOP_TIMEOUT",
 }
+# Seconds a job child gets to end after SIGTERM (STOP_TIMEOUT) are the worker's own stop timeout less
+# this margin, in which the worker hands the job back before its service manager kills it.
+STOP_MARGIN = 5.0
 ISOLATIONS = ("inprocess", "subprocess")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -49,6 +59,12 @@ class WorkerConfig:
     exp_key: str | None = None
     workdir: str | None = None
     max_consecutive_failures: int = 0
+    heartbeat: float = liveness.HEARTBEAT
+    heartbeat_grace: float = liveness.HEARTBEAT_GRACE
+    max_attempts: int = liveness.MAX_ATTEMPTS
+    trial_timeout: float = 0.0  # 0 = no limit
+    max_jobs: int = 0  # 0 = no limit
+    stop_timeout: float = 15.0
     # parsed from mongo_url
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
@@ -59,6 +75,15 @@ class WorkerConfig:
     @property
     def masked_url(self) -> str:
         return mask_url(self.mongo_url)
+
+    @property
+    def lease(self) -> liveness.Lease:
+        return liveness.Lease(self.heartbeat, self.heartbeat_grace, self.max_attempts)
+
+    @property
+    def child_stop_timeout(self) -> float:
+        """Seconds a job child gets after SIGTERM before it is killed (within the worker's own)."""
+        return max(1.0, self.stop_timeout - STOP_MARGIN)
 
 
 def parse_env_file(text: str, source: str = "config") -> dict[str, str]:
@@ -173,7 +198,41 @@ def config_from_mapping(values: Mapping[str, str], source: str = "environment") 
                 f"got {failures!r}"
             )
 
+    def number(name: str, default: float, minimum: float, what: str) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not (value >= minimum and value != float("inf")):
+            raise ConfigError(f"{source}: {PREFIX}{name} must be {what}, got {raw!r}")
+        return value
+
+    def count(name: str, default: int, minimum: int, what: str) -> int:
+        raw = get(name)
+        if raw is None:
+            return default
+        if not raw.isdigit() or int(raw) < minimum:
+            raise ConfigError(f"{source}: {PREFIX}{name} must be {what}, got {raw!r}")
+        return int(raw)
+
+    heartbeat = number("HEARTBEAT", liveness.HEARTBEAT, 0.001, "a number of seconds > 0 (e.g. 10)")
+    grace = number("HEARTBEAT_GRACE", max(liveness.HEARTBEAT_GRACE, 2 * heartbeat), 0, "a number of seconds")
+    max_attempts = count("MAX_ATTEMPTS", liveness.MAX_ATTEMPTS, 1, "an integer >= 1")
+    try:
+        liveness.check_lease(heartbeat, grace, max_attempts)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {PREFIX}HEARTBEAT/_HEARTBEAT_GRACE: {exc}") from None
+
     return WorkerConfig(
+        heartbeat=heartbeat,
+        heartbeat_grace=grace,
+        max_attempts=max_attempts,
+        trial_timeout=number("TRIAL_TIMEOUT", 0.0, 0, "a number of seconds >= 0 (0 = no limit)"),
+        max_jobs=count("MAX_JOBS", 0, 0, "an integer >= 0 (0 = no limit)"),
+        stop_timeout=number("STOP_TIMEOUT", 15.0, 1, "a number of seconds >= 1"),
         mongo_url=url,
         poll_interval=poll_interval,
         isolation=isolation,

@@ -40,3 +40,24 @@ def crash(x: float) -> float:
 
     os.kill(os.getpid(), signal.SIGKILL)
     return 0.0
+
+
+def first_call_sleeps(x: float) -> dict:
+    """The first call (of all processes, marked by the file ``$PYHOPTCLUSTER_TEST_MARK``) sleeps
+    60 s, as a trial stuck for hours would; later calls return at once."""
+    mark = os.environ["PYHOPTCLUSTER_TEST_MARK"]
+    try:
+        fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return {"loss": float(x), "status": STATUS_OK, "pid": os.getpid()}
+    os.close(fd)
+    time.sleep(60)
+    return {"loss": float(x), "status": STATUS_OK, "pid": os.getpid()}
+
+
+def stop_self(x: float) -> float:
+    """Freezes its own process (SIGSTOP), as a hung worker or a host that stopped answering would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return 0.0

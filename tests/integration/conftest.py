@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from worker_procs import Workers
 
 DEFAULT_SECANTUSD = "~/.local/share/pyhoptcluster/secantusdb-venv/bin/secantusd-py"
 HOST = "127.0.0.1"
@@ -296,3 +297,13 @@ testbed_hosts = _load_testbed_fixtures().make_testbed_fixture(
     name=os.environ.get("PYHOPTCLUSTER_TESTBED_NAME", "pyint"),
     subnet=os.environ.get("PYHOPTCLUSTER_TESTBED_SUBNET", "10.231.6"),
 )
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Starts real pyhoptcluster-worker processes (tests/integration/worker_procs.py); stops them by PID."""
+    pool = Workers(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
