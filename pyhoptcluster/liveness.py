@@ -53,9 +53,9 @@ DRIVER_SWEEP_INTERVAL = 5.0
 
 def check_lease(heartbeat: float, grace: float, max_attempts: int) -> None:
     """The one rule for a lease; ValueError with what to change."""
-    if not (heartbeat > 0 and heartbeat != float("inf")):
-        raise ValueError(f"heartbeat must be > 0 seconds, got {heartbeat!r}")
-    if not grace >= 2 * heartbeat:
+    if not (heartbeat >= 0 and heartbeat != float("inf")):
+        raise ValueError(f"heartbeat must be >= 0 seconds (0 = off), got {heartbeat!r}")
+    if heartbeat and not grace >= 2 * heartbeat:
         raise ValueError(
             f"heartbeat grace ({grace!r} s) must be at least twice the heartbeat ({heartbeat!r} s), "
             "or a busy worker would be taken for dead"
@@ -68,12 +68,16 @@ def check_lease(heartbeat: float, grace: float, max_attempts: int) -> None:
 class Lease:
     """What a worker promises when it reserves a job: a heartbeat at least every ``grace`` seconds."""
 
-    heartbeat: float = HEARTBEAT
+    heartbeat: float = HEARTBEAT  # 0: off (no lease: the job is never reclaimed, as with stock workers)
     grace: float = HEARTBEAT_GRACE
     max_attempts: int = MAX_ATTEMPTS
 
     def __post_init__(self) -> None:
         check_lease(self.heartbeat, self.grace, self.max_attempts)
+
+    @property
+    def on(self) -> bool:
+        return self.heartbeat > 0
 
     def fields(self) -> dict[str, Any]:
         """The ``$set`` part a reservation adds (with ``$currentDate: {heartbeat: true}``)."""
@@ -117,18 +121,15 @@ def reserve(jobs: Any, owner: str, lease: Lease, exp_key: str | None = None) -> 
     query: dict[str, Any] = {"owner": None, "state": JOB_STATE_NEW}
     if exp_key is not None:
         query["exp_key"] = exp_key
+    update: dict[str, Any] = {
+        "$set": {"owner": owner, "book_time": now, "state": JOB_STATE_RUNNING, "refresh_time": now}
+    }
+    if lease.on:
+        update["$set"].update(lease.fields())
+        update["$currentDate"] = {"heartbeat": True}
     return jobs.find_one_and_update(
         query,
-        {
-            "$set": {
-                "owner": owner,
-                "book_time": now,
-                "state": JOB_STATE_RUNNING,
-                "refresh_time": now,
-                **lease.fields(),
-            },
-            "$currentDate": {"heartbeat": True},
-        },
+        update,
         return_document=pymongo.ReturnDocument.AFTER,
     )
 
@@ -267,6 +268,8 @@ class Heartbeat:
 
     # -- called by the main loop
     def start(self) -> None:
+        if not self.lease.on:
+            return
         self._thread = threading.Thread(target=self._run, name="pyhoptcluster-heartbeat", daemon=True)
         self._thread.start()
 
@@ -281,8 +284,9 @@ class Heartbeat:
         self.job = None
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._thread is None:
+            return
+        self._thread.join(timeout=10)
         try:
             if self._mj is not None:
                 self._write_record(self._mj)

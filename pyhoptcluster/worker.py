@@ -17,7 +17,8 @@ mode 0600); without ``--config`` the same keys are read from the environment:
 ``HYPEROPT_WORKER_MAX_CONSECUTIVE_FAILURES``  give up after N failed jobs in a row (default 0 =
                                             never)
 ``HYPEROPT_WORKER_HEARTBEAT``               seconds between heartbeats on the running job and
-                                            the worker record (default 10)
+                                            the worker record (default 10; 0 = off: its jobs
+                                            are never reclaimed, as with stock workers)
 ``HYPEROPT_WORKER_HEARTBEAT_GRACE``         a job silent this long is reclaimed by any sweeper
                                             (default 60; at least twice the heartbeat)
 ``HYPEROPT_WORKER_MAX_ATTEMPTS``            a job reclaimed this many times becomes ERROR

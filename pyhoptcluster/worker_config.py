@@ -218,7 +218,7 @@ def config_from_mapping(values: Mapping[str, str], source: str = "environment") 
             raise ConfigError(f"{source}: {PREFIX}{name} must be {what}, got {raw!r}")
         return int(raw)
 
-    heartbeat = number("HEARTBEAT", liveness.HEARTBEAT, 0.001, "a number of seconds > 0 (e.g. 10)")
+    heartbeat = number("HEARTBEAT", liveness.HEARTBEAT, 0, "a number of seconds >= 0 (0 = off)")
     grace = number("HEARTBEAT_GRACE", max(liveness.HEARTBEAT_GRACE, 2 * heartbeat), 0, "a number of seconds")
     max_attempts = count("MAX_ATTEMPTS", liveness.MAX_ATTEMPTS, 1, "an integer >= 1")
     try:
