@@ -249,8 +249,10 @@ class Heartbeat:
         instance: str,
         lease: Lease,
         exp_key: str | None = None,
+        inventory_host: str | None = None,
     ) -> None:
         self._connect = connect
+        self.inventory_host = inventory_host
         self.owner = owner
         self.instance = instance
         self.lease = lease
@@ -334,13 +336,13 @@ class Heartbeat:
 
     def _write_record(self, mj: Any) -> None:
         job = self.job
+        host = self.owner.rsplit(":", 2)[0] if self.owner.count(":") >= 2 else socket.gethostname()
         mj.db[WORKERS_COLLECTION].update_one(
             {"_id": self.owner},
             {
                 "$set": {
-                    "host": self.owner.rsplit(":", 2)[0]
-                    if self.owner.count(":") >= 2
-                    else socket.gethostname(),
+                    "host": host,
+                    "inventory_host": self.inventory_host or host,
                     "instance": self.instance,
                     "pid": os.getpid(),
                     "state": self.state,

@@ -27,6 +27,8 @@ mode 0600); without ``--config`` the same keys are read from the environment:
                                             the trial is stopped and recorded ERROR (default 0
                                             = no limit)
 ``HYPEROPT_WORKER_MAX_JOBS``                exit 0 after this many jobs (default 0 = no limit)
+``HYPEROPT_WORKER_INVENTORY_HOST``          the host's name in the Ansible inventory, kept in
+                                            the worker record (default: the hostname)
 ``HYPEROPT_WORKER_STOP_TIMEOUT``            seconds the worker has to stop after SIGTERM, as its
                                             service manager grants it (default 15); a job child
                                             gets 5 s less, so its job is handed back in time
@@ -120,7 +122,7 @@ class Worker:
             ChildJobRunner(self.runner, log_level, instance) if config.isolation == "subprocess" else None
         )
         self.heartbeat = liveness.Heartbeat(
-            lambda: connect(config), self.owner, instance, config.lease, config.exp_key
+            lambda: connect(config), self.owner, instance, config.lease, config.exp_key, config.inventory_host
         )
         self.mj: mongoexp.MongoJobs | None = None
         self.stopping = False

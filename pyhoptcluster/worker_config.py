@@ -37,6 +37,7 @@ KEYS = {
     "TRIAL_TIMEOUT",
     "MAX_JOBS",
     "STOP_TIMEOUT",
+    "INVENTORY_HOST",
 }
 # Seconds a job child gets to end after SIGTERM (STOP_TIMEOUT) are the worker's own stop timeout less
 # this margin, in which the worker hands the job back before its service manager kills it.
@@ -65,6 +66,7 @@ class WorkerConfig:
     trial_timeout: float = 0.0  # 0 = no limit
     max_jobs: int = 0  # 0 = no limit
     stop_timeout: float = 15.0
+    inventory_host: str | None = None  # the host's name in the Ansible inventory (worker records)
     # parsed from mongo_url
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
@@ -233,6 +235,7 @@ def config_from_mapping(values: Mapping[str, str], source: str = "environment") 
         trial_timeout=number("TRIAL_TIMEOUT", 0.0, 0, "a number of seconds >= 0 (0 = no limit)"),
         max_jobs=count("MAX_JOBS", 0, 0, "an integer >= 0 (0 = no limit)"),
         stop_timeout=number("STOP_TIMEOUT", 15.0, 1, "a number of seconds >= 1"),
+        inventory_host=get("INVENTORY_HOST"),
         mongo_url=url,
         poll_interval=poll_interval,
         isolation=isolation,
