@@ -276,10 +276,11 @@ class Heartbeat:
         self._thread.start()
 
     def set_job(self, job: dict[str, Any] | None) -> None:
+        """The job the worker runs now (None: idle). Costs nothing: the reservation itself wrote the
+        job's first heartbeat, and the record shows it at the next beat."""
         self.job = job
         self.lost.clear()
         self.state = "busy" if job is not None else "idle"
-        self._wake.set()  # write the worker record now
 
     def stop(self, final_state: str = "stopped") -> None:
         self.state = final_state
