@@ -1,49 +1,194 @@
-"""Argument checks done before anything starts, so bad input never half-starts a cluster."""
+"""The input rules of pyhoptcluster, each written once: dbname, ports, worker count (with the per-host
+caps and weights), poll interval.
+
+Every way in uses this module: the facade and the CLI call it before Ansible starts, the roles call
+it through the collection's ``pyhoptcluster.cluster.input_problems`` and ``round_robin`` filters
+(``plugins/module_utils/rules.py`` loads this file), and the worker's config parser uses it on the
+worker hosts. So it imports only the standard library: no Ansible, nothing of the control side, and
+not even the package's ``__init__`` is needed to use it.
+
+Each ``check_*`` returns the normalized value or raises ``ValueError`` with a message that names the
+setting (``name``, so a role says ``hyperopt_mongodb_dbname`` and the facade ``dbname``) and what to
+do. ``text=True`` also accepts the strings Ansible's ``-e key=value`` and config files give.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 # MongoDB forbids these in database names (any platform), plus the empty name and > 63 bytes.
 _DBNAME_FORBIDDEN = set('/\\. "$*<>:|?\0')
+MAX_DBNAME_BYTES = 63
+# Most workers one host runs (each is a Python process with hyperopt loaded, ~100 MB); a worker
+# count beyond MAX_WORKERS_PER_HOST x worker hosts is refused before anything starts.
+MAX_WORKERS_PER_HOST = 256
 
 
-def check_dbname(dbname: str) -> str:
+def _show(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
+
+
+def check_dbname(dbname: object, name: str = "dbname") -> str:
     if not isinstance(dbname, str) or not dbname:
-        raise ValueError("dbname must be a non-empty string, e.g. 'hyperopt'")
+        raise ValueError(f"{name} must be a non-empty string, e.g. 'hyperopt', got {_show(dbname)}")
     bad = sorted(set(dbname) & _DBNAME_FORBIDDEN)
     if bad:
-        raise ValueError(f"dbname {dbname!r} contains characters MongoDB forbids: {''.join(bad)!r}")
-    if len(dbname.encode()) > 63:
-        raise ValueError(f"dbname {dbname!r} is longer than MongoDB's 63 bytes")
+        raise ValueError(
+            f"{name} {_show(dbname)} contains characters MongoDB forbids in database names: {''.join(bad)!r}"
+        )
+    size = len(dbname.encode())
+    if size > MAX_DBNAME_BYTES:
+        raise ValueError(
+            f"{name} {_show(dbname)} is {size} bytes long, MongoDB allows at most {MAX_DBNAME_BYTES} "
+            "bytes in a database name: choose a shorter one"
+        )
     return dbname
 
 
-def check_worker_count(count: int) -> int:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"worker_count must be an integer >= 1, got {count!r}")
-    return count
+def _as_int(value: object, text: bool) -> int | None:
+    """An int (never a bool), or with ``text`` also an integral float or a string of digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if text and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if text and isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
-def check_poll_interval(interval: float) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval):
-        raise ValueError(f"worker_poll_intervall must be a number of seconds, got {interval!r}")
-    if interval <= 0:
-        raise ValueError(f"worker_poll_intervall must be > 0 seconds, got {interval!r}")
-    return float(interval)
+def check_worker_count(count: object, name: str = "worker_count", *, text: bool = False) -> int:
+    value = _as_int(count, text)
+    if value is None or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {_show(count)}")
+    return value
 
 
-def _check_port(port: object) -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"a port must be an integer from 1 to 65535, got {port!r}")
-    return port
+def check_poll_interval(
+    interval: object, name: str = "worker_poll_intervall", *, text: bool = False
+) -> float:
+    """Seconds an idle worker waits before it asks for a job again: a finite number > 0 (0 would make
+    every idle worker a busy loop of findAndModify calls against the server)."""
+    value: float | None = None
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        value = float(interval)
+    elif text and isinstance(interval, str):
+        try:
+            value = float(interval.strip())
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number of seconds, got {_show(interval)}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, e.g. 0.1, got {_show(interval)}")
+    return value
 
 
-def check_ports(ports: int | Sequence[int]) -> int | list[int]:
-    """A single port stays an int ("this one or PortInUseError"), a list stays a list ("first free")."""
-    if isinstance(ports, int) and not isinstance(ports, bool):
-        return _check_port(ports)
-    if isinstance(ports, (str, bytes)) or not isinstance(ports, Sequence) or not ports:
-        raise ValueError(f"master_port must be a port or a non-empty list of ports, got {ports!r}")
-    return [_check_port(p) for p in ports]
+def _check_port(port: object, name: str, text: bool) -> int:
+    value = _as_int(port, text)
+    if value is None or not 1 <= value <= 65535:
+        raise ValueError(f"{name}: a port must be an integer from 1 to 65535, got {_show(port)}")
+    return value
+
+
+def check_ports(ports: object, name: str = "master_port", *, text: bool = False) -> int | list[int]:
+    """A single port stays an int ("this one or PortInUseError"), a list stays a list ("first free").
+    With ``text`` (Ansible) the result is always a list, and "27017,27018" is a list of two."""
+    if text and isinstance(ports, str) and "," in ports:
+        ports = ports.split(",")
+    if not isinstance(ports, Sequence) or isinstance(ports, (str, bytes)):
+        if isinstance(ports, (str, bytes)) and not text:
+            raise ValueError(f"{name} must be a port or a non-empty list of ports, got {_show(ports)}")
+        port = _check_port(ports, name, text)
+        return [port] if text else port
+    if not ports:
+        raise ValueError(f"{name} must be a port or a non-empty list of ports, got {_show(ports)}")
+    return [_check_port(p, name, text) for p in ports]
+
+
+# -- the worker count on the worker hosts: caps (hyperopt_worker_max) and weights ---------------------
+
+
+def _unset(value: object) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
+
+
+def check_worker_cap(host: str, value: object) -> int | None:
+    """None (only the MAX_WORKERS_PER_HOST limit) or an int from 0 to MAX_WORKERS_PER_HOST."""
+    if _unset(value):
+        return None
+    number = _as_int(value, text=True)
+    if number is None or number < 0:
+        raise ValueError(
+            f"hyperopt_worker_max of {host} must be an integer >= 0 (or unset for no cap), got {_show(value)}"
+        )
+    if number > MAX_WORKERS_PER_HOST:
+        raise ValueError(
+            f"hyperopt_worker_max of {host} is {number}, more than the {MAX_WORKERS_PER_HOST} workers a host "
+            f"may run; set at most {MAX_WORKERS_PER_HOST} (or leave it unset)"
+        )
+    return number
+
+
+def check_worker_weight(host: str, value: object) -> Fraction:
+    """A Fraction > 0 (exact, so ties between hosts are broken the same way on every run)."""
+    if _unset(value):
+        return Fraction(1)
+    weight = Fraction(0)
+    if not isinstance(value, bool):
+        try:
+            weight = Fraction(str(value).strip())
+        except (ValueError, ZeroDivisionError):
+            pass
+    if weight <= 0:
+        raise ValueError(f"hyperopt_worker_weight of {host} must be a number > 0, got {_show(value)}")
+    return weight
+
+
+def _per_host(values: object, hosts: list[str], name: str, check) -> dict:
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{name} must be a dict of host name to value, got {_show(values)}")
+    return {h: check(h, values.get(h)) for h in hosts}
+
+
+def check_placement(
+    hosts: object,
+    count: object,
+    caps: object = None,
+    weights: object = None,
+    name: str = "hyperopt_worker_count",
+) -> tuple[list[str], int, dict[str, int], dict[str, Fraction]]:
+    """The cross-host rule of the worker count: ``count`` workers fit on ``hosts``, where a host runs
+    at most its cap or MAX_WORKERS_PER_HOST. Returns (hosts, count, cap of each host, weight of each)."""
+    if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Sequence):
+        raise ValueError(f"expected a list of worker host names, got {_show(hosts)}")
+    hosts = [str(h) for h in hosts]
+    if not hosts:
+        raise ValueError("no hosts to place workers on (is the worker group empty?)")
+    if len(set(hosts)) != len(hosts):
+        raise ValueError(f"a host is listed twice: {hosts}")
+    n = check_worker_count(count, name, text=True)
+    given = _per_host(caps, hosts, "caps", check_worker_cap)
+    weight = _per_host(weights, hosts, "weights", check_worker_weight)
+    cap = {h: MAX_WORKERS_PER_HOST if c is None else c for h, c in given.items()}
+    room = sum(cap.values())
+    if n > room:
+        capped = [f"{h}={c}" for h, c in given.items() if c is not None]
+        where = [f"their hyperopt_worker_max caps are {', '.join(capped)}"] if capped else []
+        if len(capped) < len(hosts):
+            where.append(
+                f"a host{' without a cap' if capped else ''} runs at most {MAX_WORKERS_PER_HOST} workers"
+                " (pyhoptcluster's per-host limit)"
+            )
+        hints = f"ask for at most {room} workers, {'raise a cap, ' if capped else ''}or add worker hosts"
+        raise ValueError(
+            f"{n} workers do not fit on the {len(hosts)} worker host{'s' if len(hosts) > 1 else ''}: "
+            f"{'; '.join(where)}, {room} in all; {hints}"
+        )
+    return hosts, n, cap, weight

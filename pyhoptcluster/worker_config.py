@@ -20,6 +20,7 @@ from hyperopt import mongoexp
 
 from pyhoptcluster import liveness
 from pyhoptcluster.mongourl import DEFAULT_PORT, mask_url, parse_url
+from pyhoptcluster.validation import check_poll_interval
 
 log = logging.getLogger("pyhoptcluster.worker")  # one logger for everything the worker logs
 
@@ -172,14 +173,10 @@ def config_from_mapping(values: Mapping[str, str], source: str = "environment") 
     poll = get("POLL_INTERVAL")
     poll_interval = 0.1
     if poll is not None:
-        try:
-            poll_interval = float(poll)
-        except ValueError:
-            raise ConfigError(
-                f"{source}: {PREFIX}POLL_INTERVAL must be a number of seconds, got {poll!r}"
-            ) from None
-        if not (poll_interval >= 0 and poll_interval != float("inf")):
-            raise ConfigError(f"{source}: {PREFIX}POLL_INTERVAL must be >= 0 seconds, got {poll!r}")
+        try:  # the facade's and the role's rule (pyhoptcluster.validation): a number of seconds > 0
+            poll_interval = check_poll_interval(poll, f"{PREFIX}POLL_INTERVAL", text=True)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     isolation = (get("ISOLATION") or "inprocess").lower()
     if isolation not in ISOLATIONS:

@@ -3,20 +3,20 @@ filters, called directly."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+from fractions import Fraction
 from itertools import product
 from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-_PLUGIN = (
-    Path(__file__).resolve().parents[2]
-    / "collections/ansible_collections/pyhoptcluster/cluster/plugins/filter/placement.py"
-)
-_spec = importlib.util.spec_from_file_location("pyhoptcluster_placement", _PLUGIN)
-placement = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(placement)
+# the collection's plugins import its module_utils as ansible_collections.pyhoptcluster.cluster.*
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
+from ansible_collections.pyhoptcluster.cluster.plugins.filter import placement
+
+from pyhoptcluster.validation import MAX_WORKERS_PER_HOST
+
 round_robin = placement.round_robin
 ssh_tunnel_argv = placement.ssh_tunnel_argv
 
@@ -195,6 +195,81 @@ def test_a_weight_not_above_zero_is_rejected_naming_the_host(weight):
 def test_caps_must_be_a_dict():
     with pytest.raises(AnsibleFilterError, match="caps must be a dict"):
         round_robin(["a", "b"], 2, caps=[1, 2])
+
+
+# -- the per-host limit and large counts --------------------------------------------------------------
+
+
+def test_a_million_workers_are_refused_at_once_saying_how_many_fit():
+    with pytest.raises(AnsibleFilterError) as err:
+        round_robin(["a", "b", "c"], 10**6)
+    message = str(err.value)
+    assert message.startswith("ValueError: 1000000 workers do not fit on the 3 worker hosts")
+    assert (
+        f"at most {MAX_WORKERS_PER_HOST} workers" in message
+        and f"at most {3 * MAX_WORKERS_PER_HOST}" in message
+    )
+
+
+def test_the_per_host_limit_applies_to_hosts_without_a_cap():
+    with pytest.raises(AnsibleFilterError, match=r"ValueError: .*a=1; a host without a cap runs at most"):
+        round_robin(["a", "b"], MAX_WORKERS_PER_HOST + 2, caps={"a": 1})
+    assert len(round_robin(["a", "b"], MAX_WORKERS_PER_HOST + 1, caps={"a": 1})["b"]) == MAX_WORKERS_PER_HOST
+
+
+def test_a_cap_above_the_per_host_limit_is_rejected():
+    with pytest.raises(AnsibleFilterError, match=f"hyperopt_worker_max of a is {MAX_WORKERS_PER_HOST + 1}"):
+        round_robin(["a"], 1, caps={"a": MAX_WORKERS_PER_HOST + 1})
+
+
+def test_heavy_weight_host_fills_up_to_the_limit_and_the_rest_go_elsewhere():
+    result = round_robin(["a", "b"], MAX_WORKERS_PER_HOST + 10, weights={"a": 100})
+    assert len(result["a"]) == MAX_WORKERS_PER_HOST and len(result["b"]) == 10
+
+
+def _placement_reference(hosts, count, caps, weights):
+    """The placement rule written as plainly as possible (O(count * hosts))."""
+    result, last = {h: [] for h in hosts}, len(hosts) - 1
+    for worker_id in range(1, count + 1):
+        best = None
+        for offset in range(1, len(hosts) + 1):
+            index = (last + offset) % len(hosts)
+            host = hosts[index]
+            if len(result[host]) >= caps.get(host, MAX_WORKERS_PER_HOST):
+                continue
+            key = Fraction(len(result[host]) + 1) / Fraction(str(weights.get(host, 1)))
+            if best is None or key < best[0]:
+                best = (key, index)
+        last = best[1]
+        result[hosts[last]].append(worker_id)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("caps", "weights"),
+    [
+        ({}, {}),
+        ({"b": 3}, {}),
+        ({}, {"a": 2, "c": 0.5}),
+        ({"a": 0, "d": 5}, {"b": 3, "c": 1.5}),
+        ({}, {"a": 3}),
+    ],
+)
+def test_fast_placement_matches_the_plain_rule(caps, weights):
+    hosts = ["a", "b", "c", "d"]
+    limit = min(60, sum(caps.get(h, MAX_WORKERS_PER_HOST) for h in hosts))
+    for count in range(1, limit + 1):
+        assert round_robin(hosts, count, caps=caps, weights=weights) == _placement_reference(
+            hosts, count, caps, weights
+        )
+
+
+def test_the_largest_valid_count_on_many_hosts_is_placed_completely():
+    hosts = [f"h{k}" for k in range(50)]
+    count = MAX_WORKERS_PER_HOST * len(hosts)
+    result = round_robin(hosts, count, weights={"h0": 7})
+    assert all(len(ids) == MAX_WORKERS_PER_HOST for ids in result.values())
+    assert sorted(i for ids in result.values() for i in ids) == list(range(1, count + 1))
 
 
 # -- ssh_tunnel_argv: the reverse tunnel of hyperopt_worker_ssh_tunnel --------------------------------

@@ -9,112 +9,56 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import heapq
 import shlex
-from fractions import Fraction
+from bisect import bisect_right, insort
 
 from ansible.errors import AnsibleFilterError
-
-
-def _as_count(count):
-    if isinstance(count, bool):
-        raise AnsibleFilterError("round_robin: count must be an integer >= 1, got %r" % (count,))
-    if isinstance(count, int):
-        value = count
-    elif isinstance(count, float) and count.is_integer():
-        value = int(count)
-    elif isinstance(count, str) and count.strip().isdigit():
-        value = int(count.strip())
-    else:
-        raise AnsibleFilterError("round_robin: count must be an integer >= 1, got %r" % (count,))
-    if value < 1:
-        raise AnsibleFilterError("round_robin: count must be an integer >= 1, got %d" % value)
-    return value
-
-
-def _as_cap(host, value):
-    """None (no cap) or an int >= 0."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
-        return None
-    if not isinstance(value, bool):
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        elif isinstance(value, str) and value.strip().isdigit():
-            number = int(value.strip())
-        else:
-            number = -1
-        if number >= 0:
-            return number
-    raise AnsibleFilterError(
-        "ValueError: hyperopt_worker_max of %s must be an integer >= 0 (or unset for no cap), got %r"
-        % (host, value)
-    )
-
-
-def _as_weight(host, value):
-    """A Fraction > 0 (exact, so ties between hosts are broken the same way on every run)."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
-        return Fraction(1)
-    if not isinstance(value, bool):
-        try:
-            weight = Fraction(str(value).strip())
-        except (ValueError, ZeroDivisionError):
-            weight = Fraction(0)
-        if weight > 0:
-            return weight
-    raise AnsibleFilterError(
-        "ValueError: hyperopt_worker_weight of %s must be a number > 0, got %r" % (host, value)
-    )
-
-
-def _per_host(values, hosts, name, convert):
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise AnsibleFilterError(
-            "round_robin: %s must be a dict of host name to value, got %r" % (name, values)
-        )
-    return dict((h, convert(h, values.get(h))) for h in hosts)
+from ansible_collections.pyhoptcluster.cluster.plugins.module_utils import rules
 
 
 def round_robin(hosts, count, caps=None, weights=None):
     """{host: [ids]}: worker i (1-based) on hosts[(i - 1) % len(hosts)] without caps and weights;
-    with them, each worker goes to the open host furthest behind its weighted share."""
-    if isinstance(hosts, str) or not hasattr(hosts, "__iter__"):
-        raise AnsibleFilterError("round_robin: expected a list of host names, got %r" % (hosts,))
-    hosts = [str(h) for h in hosts]
-    if not hosts:
-        raise AnsibleFilterError("round_robin: no hosts to place workers on (is the worker group empty?)")
-    if len(set(hosts)) != len(hosts):
-        raise AnsibleFilterError("round_robin: a host is listed twice: %s" % hosts)
-    n = _as_count(count)
-    cap = _per_host(caps, hosts, "caps", _as_cap)
-    weight = _per_host(weights, hosts, "weights", _as_weight)
-    if all(c is not None for c in cap.values()) and n > sum(cap.values()):
-        raise AnsibleFilterError(
-            "ValueError: %d workers do not fit on the worker hosts: their hyperopt_worker_max caps are %s "
-            "(%d in all); ask for at most %d workers, raise a cap, or leave a host without a cap"
-            % (n, ", ".join("%s=%d" % (h, cap[h]) for h in hosts), sum(cap.values()), sum(cap.values()))
-        )
-    placement = dict((h, []) for h in hosts)
+    with them, each worker goes to the open host furthest behind its weighted share.
+
+    The input rules (count, caps, weights, and that the workers fit: pyhoptcluster.validation) are
+    checked first, so the loop below always ends. It takes O(count log hosts): the open hosts are
+    grouped by their key (workers + 1) / weight, the groups' keys are in a heap."""
+    try:
+        validation = rules.load()
+        hosts, n, cap, weight = validation.check_placement(hosts, count, caps, weights)
+    except ImportError as exc:
+        raise AnsibleFilterError("round_robin: %s" % exc) from None
+    except ValueError as exc:
+        raise AnsibleFilterError("ValueError: %s" % exc) from None
+    placed = [[] for _ in hosts]
+    # key -> sorted indices of the open hosts with that key; a heap of the keys (stale ones skipped)
+    groups, keys = {}, []
+
+    def open_host(index):
+        if len(placed[index]) >= cap[hosts[index]]:
+            return  # full: it leaves the placement
+        key = (len(placed[index]) + 1) / weight[hosts[index]]
+        if key not in groups:
+            groups[key] = []
+            heapq.heappush(keys, key)
+        insort(groups[key], index)
+
+    for index in range(len(hosts)):
+        open_host(index)
     last = len(hosts) - 1
     for worker_id in range(1, n + 1):
-        # The open host furthest behind its share gets the worker: the smallest (workers + 1) / weight,
-        # ties going to the first one after the previous worker's host (cyclically). With equal
-        # weights that is plain round robin that skips full hosts.
-        best = None
-        for offset in range(1, len(hosts) + 1):
-            index = (last + offset) % len(hosts)
-            host = hosts[index]
-            if cap[host] is not None and len(placement[host]) >= cap[host]:
-                continue
-            key = (len(placement[host]) + 1) / weight[host]
-            if best is None or key < best[0]:
-                best = (key, index)
-        last = best[1]
-        placement[hosts[last]].append(worker_id)
-    return placement
+        # The open host furthest behind its share gets the worker: the smallest key, ties going to
+        # the first one after the previous worker's host (cyclically). With equal weights that is
+        # plain round robin that skips full hosts.
+        while not groups.get(keys[0]):
+            groups.pop(heapq.heappop(keys), None)
+        group = groups[keys[0]]
+        at = bisect_right(group, last)
+        last = group.pop(at if at < len(group) else 0)
+        placed[last].append(worker_id)
+        open_host(last)
+    return dict(zip(hosts, placed, strict=True))
 
 
 def _bracket(host):
