@@ -37,6 +37,8 @@ import pymongo
 import pymongo.errors
 from hyperopt.base import JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 
+from pyhoptcluster import validation
+
 log = logging.getLogger("pyhoptcluster.liveness")
 
 # Defaults of the lease a worker takes on a job (HYPEROPT_WORKER_HEARTBEAT / _HEARTBEAT_GRACE /
@@ -52,16 +54,8 @@ DRIVER_SWEEP_INTERVAL = 5.0
 
 
 def check_lease(heartbeat: float, grace: float, max_attempts: int) -> None:
-    """The one rule for a lease; ValueError with what to change."""
-    if not (heartbeat >= 0 and heartbeat != float("inf")):
-        raise ValueError(f"heartbeat must be >= 0 seconds (0 = off), got {heartbeat!r}")
-    if heartbeat and not grace >= 2 * heartbeat:
-        raise ValueError(
-            f"heartbeat grace ({grace!r} s) must be at least twice the heartbeat ({heartbeat!r} s), "
-            "or a busy worker would be taken for dead"
-        )
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValueError(f"max attempts must be an integer >= 1, got {max_attempts!r}")
+    """The one rule for a lease (:func:`pyhoptcluster.validation.check_lease`); ValueError."""
+    validation.check_lease(heartbeat, grace, max_attempts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The input rules of pyhoptcluster, each written once: dbname, ports, worker count (with the per-host
-caps and weights), poll interval.
+caps and weights), poll interval, the workers' lease (heartbeat, grace, attempts) and limits.
 
 Every way in uses this module: the facade and the CLI call it before Ansible starts, the roles call
 it through the collection's ``pyhoptcluster.cluster.input_problems`` and ``round_robin`` filters
@@ -86,6 +86,56 @@ def check_poll_interval(
     if value <= 0:
         raise ValueError(f"{name} must be > 0 seconds, e.g. 0.1, got {_show(interval)}")
     return value
+
+
+def _as_seconds(value: object, text: bool) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if text and isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def check_lease(
+    heartbeat: object,
+    grace: object,
+    max_attempts: object,
+    names: tuple[str, str, str] = ("heartbeat", "heartbeat_grace", "max_attempts"),
+    *,
+    text: bool = False,
+) -> tuple[float, float, int]:
+    """The lease a worker takes on a job: a heartbeat every ``heartbeat`` s (0: off), reclaimed after
+    ``grace`` s of silence (at least twice the heartbeat, or a busy worker is taken for dead), ERROR
+    after ``max_attempts`` reclaims (an integer >= 1)."""
+    beat, silence, attempts = (
+        _as_seconds(heartbeat, text),
+        _as_seconds(grace, text),
+        _as_int(max_attempts, text),
+    )
+    if beat is None or not math.isfinite(beat) or beat < 0:
+        raise ValueError(f"{names[0]} must be a number of seconds >= 0 (0 = off), got {_show(heartbeat)}")
+    if silence is None or not math.isfinite(silence) or (beat and silence < 2 * beat):
+        raise ValueError(
+            f"{names[1]} ({_show(grace)}) must be a number of seconds at least twice {names[0]} "
+            f"({_show(heartbeat)}), or a busy worker would be taken for dead"
+        )
+    if attempts is None or attempts < 1:
+        raise ValueError(f"{names[2]} must be an integer >= 1, got {_show(max_attempts)}")
+    return beat, silence, attempts
+
+
+def check_limit(value: object, name: str, *, integer: bool = False, text: bool = False) -> float:
+    """A limit where 0 means none (trial timeout in seconds, max jobs): a finite number >= 0."""
+    number: float | None = (
+        (None if (v := _as_int(value, text)) is None else float(v)) if integer else _as_seconds(value, text)
+    )
+    if number is None or not math.isfinite(number) or number < 0:
+        kind = "an integer" if integer else "a number of seconds"
+        raise ValueError(f"{name} must be {kind} >= 0 (0 = no limit), got {_show(value)}")
+    return number
 
 
 def _check_port(port: object, name: str, text: bool) -> int:

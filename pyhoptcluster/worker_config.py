@@ -18,7 +18,7 @@ from typing import Any
 
 from hyperopt import mongoexp
 
-from pyhoptcluster import liveness
+from pyhoptcluster import liveness, validation
 from pyhoptcluster.mongourl import DEFAULT_PORT, mask_url, parse_url
 from pyhoptcluster.validation import check_poll_interval
 
@@ -197,41 +197,39 @@ def config_from_mapping(values: Mapping[str, str], source: str = "environment") 
                 f"got {failures!r}"
             )
 
-    def number(name: str, default: float, minimum: float, what: str) -> float:
-        raw = get(name)
-        if raw is None:
-            return default
+    def rule(check, *args, **kwargs):
         try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not (value >= minimum and value != float("inf")):
-            raise ConfigError(f"{source}: {PREFIX}{name} must be {what}, got {raw!r}")
-        return value
+            return check(*args, text=True, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
-    def count(name: str, default: int, minimum: int, what: str) -> int:
-        raw = get(name)
-        if raw is None:
-            return default
-        if not raw.isdigit() or int(raw) < minimum:
-            raise ConfigError(f"{source}: {PREFIX}{name} must be {what}, got {raw!r}")
-        return int(raw)
-
-    heartbeat = number("HEARTBEAT", liveness.HEARTBEAT, 0, "a number of seconds >= 0 (0 = off)")
-    grace = number("HEARTBEAT_GRACE", max(liveness.HEARTBEAT_GRACE, 2 * heartbeat), 0, "a number of seconds")
-    max_attempts = count("MAX_ATTEMPTS", liveness.MAX_ATTEMPTS, 1, "an integer >= 1")
-    try:
-        liveness.check_lease(heartbeat, grace, max_attempts)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {PREFIX}HEARTBEAT/_HEARTBEAT_GRACE: {exc}") from None
+    beat_raw = get("HEARTBEAT") or liveness.HEARTBEAT
+    grace_raw = get("HEARTBEAT_GRACE")
+    if grace_raw is None:  # default: 60 s, or twice a longer heartbeat
+        beat = rule(validation.check_limit, beat_raw, f"{PREFIX}HEARTBEAT")
+        grace_raw = max(liveness.HEARTBEAT_GRACE, 2 * beat)
+    heartbeat, grace, max_attempts = rule(
+        validation.check_lease,
+        beat_raw,
+        grace_raw,
+        get("MAX_ATTEMPTS") or liveness.MAX_ATTEMPTS,
+        (f"{PREFIX}HEARTBEAT", f"{PREFIX}HEARTBEAT_GRACE", f"{PREFIX}MAX_ATTEMPTS"),
+    )
+    trial_timeout = rule(validation.check_limit, get("TRIAL_TIMEOUT") or 0, f"{PREFIX}TRIAL_TIMEOUT")
+    max_jobs = int(rule(validation.check_limit, get("MAX_JOBS") or 0, f"{PREFIX}MAX_JOBS", integer=True))
+    stop_timeout = rule(validation.check_limit, get("STOP_TIMEOUT") or 15.0, f"{PREFIX}STOP_TIMEOUT")
+    if stop_timeout < 1:
+        raise ConfigError(
+            f"{source}: {PREFIX}STOP_TIMEOUT must be a number of seconds >= 1, got {stop_timeout!r}"
+        )
 
     return WorkerConfig(
         heartbeat=heartbeat,
         heartbeat_grace=grace,
         max_attempts=max_attempts,
-        trial_timeout=number("TRIAL_TIMEOUT", 0.0, 0, "a number of seconds >= 0 (0 = no limit)"),
-        max_jobs=count("MAX_JOBS", 0, 0, "an integer >= 0 (0 = no limit)"),
-        stop_timeout=number("STOP_TIMEOUT", 15.0, 1, "a number of seconds >= 1"),
+        trial_timeout=trial_timeout,
+        max_jobs=max_jobs,
+        stop_timeout=stop_timeout,
         inventory_host=get("INVENTORY_HOST"),
         mongo_url=url,
         poll_interval=poll_interval,

@@ -37,11 +37,11 @@ def test_job_child_gets_the_worker_stop_timeout_less_five_seconds_so_its_job_is_
     [
         ({"HEARTBEAT": "-1"}, "HEARTBEAT must be a number of seconds >= 0"),
         ({"HEARTBEAT": "fast"}, "HEARTBEAT must be a number of seconds >= 0"),
-        ({"HEARTBEAT": "10", "HEARTBEAT_GRACE": "15"}, "at least twice the heartbeat"),
+        ({"HEARTBEAT": "10", "HEARTBEAT_GRACE": "15"}, "at least twice HYPEROPT_WORKER_HEARTBEAT"),
         ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS must be an integer >= 1"),
         ({"TRIAL_TIMEOUT": "-1"}, "TRIAL_TIMEOUT must be a number of seconds >= 0"),
         ({"MAX_JOBS": "1.5"}, "MAX_JOBS must be an integer >= 0"),
-        ({"STOP_TIMEOUT": "0"}, "STOP_TIMEOUT must be a number of seconds >= 1"),
+        ({"STOP_TIMEOUT": "0.5"}, "STOP_TIMEOUT must be a number of seconds >= 1"),
     ],
 )
 def test_bad_lease_and_limit_values_name_the_key(keys, message):

@@ -20,6 +20,8 @@ _RULES = {
     "hyperopt_worker_count": ("check_worker_count", {"text": True}),
     "hyperopt_worker_poll_interval": ("check_poll_interval", {"text": True}),
 }
+# limits where 0 means none: name -> whether it is an integer
+_LIMITS = {"hyperopt_worker_trial_timeout": False, "hyperopt_worker_max_jobs": True}
 
 
 def input_problems(variables, host=None, hosts=None, caps=None, weights=None):
@@ -35,7 +37,16 @@ def input_problems(variables, host=None, hosts=None, caps=None, weights=None):
             "input_problems: expected a dict of variable name to value, got %r" % (variables,)
         )
     checks = []
+    lease = ("hyperopt_worker_heartbeat", "hyperopt_worker_heartbeat_grace", "hyperopt_worker_max_attempts")
+    if any(name in variables for name in lease):
+        values = tuple(variables.get(name) for name in lease)
+        checks.append((validation.check_lease, (*values, lease), {"text": True}))
     for name, value in variables.items():
+        if name in lease:
+            continue
+        if name in _LIMITS:
+            checks.append((validation.check_limit, (value, name), {"text": True, "integer": _LIMITS[name]}))
+            continue
         if name in _RULES:
             rule, kwargs = _RULES[name]
             checks.append((getattr(validation, rule), (value, name), kwargs))
