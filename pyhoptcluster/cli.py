@@ -19,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     for cmd in (up, down):
         cmd.add_argument("-i", "--inventory", required=True, help="Ansible inventory file or directory")
         cmd.add_argument("--debug", action="store_true", help="show ansible-playbook's output live")
+        cmd.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     up.add_argument("--workers", type=int, default=None, help="worker count (default: one per worker host)")
     up.add_argument(
         "--port",
@@ -37,11 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "down":
-            cluster = HyperoptCluster(args.inventory)
+            cluster = HyperoptCluster(args.inventory, progress=not args.quiet)
             cluster.cleanup()
             print("cluster stopped (data and password kept)")
             return 0
-        cluster = HyperoptCluster(args.inventory, dbname=args.dbname, dbpath=args.dbpath)
+        cluster = HyperoptCluster(
+            args.inventory, dbname=args.dbname, dbpath=args.dbpath, progress=not args.quiet
+        )
         port = args.port[0] if args.port and len(args.port) == 1 else args.port
         cluster.start(worker_count=args.workers, master_port=port, debug=args.debug)
         info = cluster.info

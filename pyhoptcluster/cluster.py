@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +20,8 @@ from .launchers import (
 )
 from .state import JOBS_COLLECTION, ClusterInfo
 from .validation import check_dbname, check_poll_interval, check_worker_count
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class HyperoptCluster:
@@ -37,7 +41,10 @@ class HyperoptCluster:
         dbpath: str | Path | None = None,
         dbname: str = "hyperopt",
         worker_poll_intervall: float = 0.1,
+        progress: bool = True,
     ) -> None:
+        """``progress``: show what a start or cleanup is doing (a live line in a terminal or notebook,
+        plain lines elsewhere; pyhoptcluster.progress)."""
         self._dbname = check_dbname(dbname)
         check_poll_interval(worker_poll_intervall)
         self._inventory = inventory
@@ -45,6 +52,9 @@ class HyperoptCluster:
         self._workers = worker_launcher or RoundRobinLauncher(
             inventory, dbname=dbname, poll_interval=worker_poll_intervall
         )
+        for launcher in (self._master, self._workers):
+            if hasattr(launcher, "quiet"):
+                launcher.quiet = not progress
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(
@@ -87,11 +97,14 @@ class HyperoptCluster:
             self._master.cleanup()
 
     def print_log(self) -> None:
-        """Print the output of every playbook run made for this cluster (secrets are never in it)."""
+        """Print the output of every playbook run made for this cluster (secrets are never in it);
+        colour codes only when printing to a terminal."""
+        plain = not sys.stdout.isatty()
         for launcher in (self._master, self._workers):
             log = getattr(launcher, "log", None)
             if callable(log):
-                print(log())
+                text = log()
+                print(_ANSI.sub("", text) if plain else text)
 
     def __enter__(self) -> HyperoptCluster:
         return self

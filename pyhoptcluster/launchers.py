@@ -14,12 +14,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import runner
+from . import progress, runner
 from .errors import ClusterNotStartedError
 from .inventory import InventorySpec, normalize
 from .state import ClusterInfo
 from .validation import check_dbname, check_poll_interval, check_ports, check_worker_count
 
+_TITLES = {
+    "site.yml": "pyhoptcluster: starting the cluster",
+    "stop.yml": "pyhoptcluster: stopping the cluster",
+}
 MASTER_TAG = "hyperopt_mongodb"
 WORKER_TAG = "hyperopt_worker"
 
@@ -32,12 +36,20 @@ class _PlaybookLauncher:
         self._extravars: dict[str, Any] = dict(extravars or {})
         self.runs: list[runner.PlaybookRun] = []
         self.info: ClusterInfo | None = None
+        self.quiet = False  # no progress display (HyperoptCluster(progress=False), --quiet)
 
     def _run(
         self, playbook: str, tags: str | None, extravars: Mapping[str, Any], debug: bool
     ) -> runner.PlaybookRun:
+        title = _TITLES.get(playbook, f"pyhoptcluster: {playbook}")
+        shown = progress.reporter(title, quiet=self.quiet or debug)
         run = runner.run_playbook(
-            playbook, self._inventory, {**self._extravars, **extravars}, tags=tags, debug=debug
+            playbook,
+            self._inventory,
+            {**self._extravars, **extravars},
+            tags=tags,
+            debug=debug,
+            progress=shown,
         )
         self.runs.append(run)
         run.raise_for_failure()

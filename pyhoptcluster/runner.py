@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MESSAGE_PREFIXES, PlaybookError
+from .progress import Progress
 from .state import STATS_KEY
 
 _PLAYBOOK_DIR_ENV = "PYHOPTCLUSTER_ANSIBLE_DIR"
@@ -130,9 +131,10 @@ def run_playbook(
     *,
     tags: str | None = None,
     debug: bool = False,
+    progress: Progress | None = None,
 ) -> PlaybookRun:
     """Run ``playbooks/<playbook>`` of the project and return what happened (never raises for a
-    failed play; call ``raise_for_failure()``)."""
+    failed play; call ``raise_for_failure()``). ``progress`` is shown every event (progress.py)."""
     import ansible_runner  # control side only: worker hosts never import this module
 
     root = ansible_dir()
@@ -141,6 +143,8 @@ def run_playbook(
 
     def on_event(event: dict[str, Any]) -> bool:
         events.append(event)
+        if progress is not None:
+            progress.event(event)
         return True
 
     # The interpreter running the facade also runs ansible-playbook's helpers: put its bin dir first
@@ -154,6 +158,7 @@ def run_playbook(
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
     }
     private_dir = tempfile.mkdtemp(prefix="pyhoptcluster-run-")
+    result = None
     try:
         result = ansible_runner.run(
             private_data_dir=private_dir,
@@ -199,3 +204,5 @@ def run_playbook(
         )
     finally:
         shutil.rmtree(private_dir, ignore_errors=True)
+        if progress is not None:
+            progress.close(result is not None and result.status == "successful" and result.rc == 0)
