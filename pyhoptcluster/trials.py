@@ -22,7 +22,10 @@ Behaviour is kept as stock except where stock could not work or was plainly brok
 * ``MongoWorker.run_one`` honours a poll interval below 1 s (:func:`poll_sleep_interval`);
 * ``MongoJobs.alloc`` passes the ``config_name`` its constructor requires;
 * the driver's reads and writes retry through a server outage, and its poll reclaims stale jobs of
-  dead workers (:mod:`pyhoptcluster.outage`, :mod:`pyhoptcluster.liveness`).
+  dead workers (:mod:`pyhoptcluster.outage`, :mod:`pyhoptcluster.liveness`);
+* the driver's refresh reads only the trials that can have changed, with an index on
+  ``(exp_key, state)`` for its counts, so its cost does not grow with the experiment
+  (:mod:`pyhoptcluster.refresh`).
 
 URL parsing and connections live in :mod:`pyhoptcluster.mongourl` (also importable from here);
 this module holds the replaced job-queue, trials and worker methods and :func:`apply`.
@@ -59,7 +62,7 @@ from hyperopt.base import (
 from hyperopt.utils import coarse_utcnow, json_call, temp_dir, working_dir
 from pymongo import ReturnDocument
 
-from pyhoptcluster import outage
+from pyhoptcluster import outage, refresh
 from pyhoptcluster.mongourl import (
     DEFAULT_PORT,
     auth_source,
@@ -237,6 +240,7 @@ def _trials_insert_trial_docs(self, docs):
     for doc in docs:
         _check_keys(doc)
         rval.append(outage.insert_once(self.handle.jobs, doc))
+    refresh.inserted(self, rval)
     return rval
 
 
@@ -394,7 +398,9 @@ _PATCHES: list[tuple[Any, str, Any]] = [
     # the driver's reads and writes ride out a server outage; its poll also sweeps stale jobs
     (mongoexp.MongoTrials, "count_by_state_unsynced", outage.with_sweep(_trials_count_by_state_unsynced)),
     (mongoexp.MongoTrials, "new_trial_ids", outage.retrying(_trials_new_trial_ids)),
-    (mongoexp.MongoTrials, "refresh_tids", outage.retrying(mongoexp.MongoTrials.refresh_tids)),
+    # the driver's refresh reads only what can have changed (refresh.py), through outages
+    (mongoexp.MongoTrials, "refresh_tids", outage.retrying(refresh.refresh_tids)),
+    (mongoexp.MongoJobs, "create_jobs_indexes", refresh.create_jobs_indexes),
     (mongoexp.MongoWorker, "run_one", _worker_run_one),
 ]
 
