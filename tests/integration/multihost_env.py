@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +71,10 @@ class Multihost:
             self.clusters.append(cluster)
         return cluster, workers
 
+    def testbed(self):
+        """The test bed's ``Testbed`` (tests/hosts/testbed.py), for what TestbedInfo cannot do (freeze)."""
+        return load_testbed().Testbed(self.tb.name, len(self.tb.hosts), self.tb.subnet)
+
     def ssh(self, host: str, command: str) -> str:
         proc = self.tb.ssh(host, command)
         assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
@@ -108,6 +114,21 @@ class Multihost:
     def running(self) -> dict[str, dict[int, int]]:
         """host -> {instance id: MainPID} of the active worker units."""
         return {ip: self.running_on(ip) for ip in self.ips}
+
+
+def load_testbed():
+    """tests/hosts/testbed.py as a module (by path: tests/hosts is not a package), the instance that
+    tests/hosts/fixtures.py (the ``testbed_hosts`` fixture) loads too."""
+    name = "pyhoptcluster_testbed_fixtures"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().parents[1] / "hosts" / "fixtures.py"
+        )
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].testbed
 
 
 def alive_with(pid: int, needle: str) -> bool:
