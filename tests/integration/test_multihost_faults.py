@@ -259,7 +259,9 @@ def test_frozen_host_trials_are_finished_elsewhere_and_start_names_it_while_the_
     assert mh.running_on(h2) == before[h2]
     rerun = [next(j for j in jobs if j["_id"] == job["_id"]) for job in on_h2]
     _late_results_dropped(mh, h2, [_unit(i) for i in before[h2]], faults, rerun)
+    started = time.monotonic()
     faults.cluster.start(worker_count=6)
+    mh.timings["warm start(6) after thaw"] = time.monotonic() - started  # beside the failing one's
     assert faults.cluster.workers_per_host == {h1: [1, 4], h2: [2, 5], h3: [3, 6]}
     assert mh.running() == before
 
