@@ -8,6 +8,7 @@ bridge, no route to the internet) running on an overlayfs over one cached base r
     python3 tests/hosts/testbed.py status [--json]
     python3 tests/hosts/testbed.py inventory [--output PATH]
     python3 tests/hosts/testbed.py down
+    python3 tests/hosts/testbed.py freeze HOST / thaw HOST   # a host that stops answering, and back
     python3 tests/hosts/testbed.py build [--rebuild]      # only build/refresh the cached base rootfs
 
 As a module (stdlib only)::
@@ -138,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     common(inv)
     inv.add_argument("--output", "-o", help="write it to this file instead of stdout")
 
+    for verb, what in (
+        ("freeze", "freeze every process of a host (it stops answering) until `thaw`"),
+        ("thaw", "let a frozen host go on"),
+    ):
+        fz = sub.add_parser(verb, help=what)
+        common(fz)
+        fz.add_argument("host", help="host name (<name>-N) or IP")
+
     b = sub.add_parser("build", help="build the cached base rootfs (done by `up` when missing)")
     b.add_argument("--cache")
     b.add_argument("--mirror")
@@ -181,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "down":
             tb.down(args.timeout, force=args.force)
             return 0
+        if args.cmd in ("freeze", "thaw"):
+            getattr(tb, args.cmd)(args.host)
+            _log(f"{args.host}: {'frozen' if tb.frozen(args.host) else 'thawed'}")
+            return 0
         if args.cmd == "status":
             st = tb.status()
             if args.json:
@@ -194,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"  {h['name']:<14} {h['ip']:<15} supervisor {h['supervisor_pid']}"
                         f" {'alive' if h['alive'] else 'dead'}  ssh {'open' if h['ssh'] else 'closed'}"
+                        + ("  FROZEN" if h.get("frozen") else "")
                     )
             return 0 if st["up"] else 1
         if args.cmd == "inventory":

@@ -154,6 +154,59 @@ class TestbedState:
             and all(h.alive and _tcp_open(h.ip, 22, 1.0) for h in info.hosts)
         )
 
+    # -- freeze / thaw: a host that stops answering (and comes back) ---------------------------------
+
+    def _freeze_file(self, host: str) -> Path:
+        """``cgroup.freeze`` of a host's cgroup (by name or IP) in the unified hierarchy, where its
+        supervisor, nspawn and everything inside the host live."""
+        info = self.info()
+        found = [h for h in (info.hosts if info else []) if host in (h.name, h.ip)]
+        if not found:
+            names = ", ".join(f"{h.name} ({h.ip})" for h in info.hosts) if info else "none: it is not up"
+            raise TestbedError(f"test bed {self.name!r} has no host {host!r}; its hosts: {names}")
+        root = Path("/sys/fs/cgroup")
+        unified = root if (root / "cgroup.controllers").exists() else root / "unified"
+        path = unified / self._cgroup(found[0].name) / "cgroup.freeze"
+        if not path.exists():
+            raise TestbedError(
+                f"cannot freeze {found[0].name}: {path} is missing (freezing needs the cgroup v2 freezer,"
+                " Linux >= 5.2, and the host up)"
+            )
+        return path
+
+    def frozen(self, host: str) -> bool:
+        """True while the host's cgroup is frozen (``cgroup.events``: ``frozen 1``)."""
+        events = self._freeze_file(host).with_name("cgroup.events").read_text().split()
+        return events[events.index("frozen") + 1] == "1"
+
+    def freeze(self, host: str, timeout: float = 10.0) -> None:
+        """Freeze every process of a host (a host that stops answering: ssh and its services hang, its
+        TCP connections stay open) until :meth:`thaw`. Returns once the kernel reports it frozen."""
+        self._set_frozen(host, True, timeout)
+
+    def thaw(self, host: str, timeout: float = 10.0) -> None:
+        """Undo :meth:`freeze`; the host's processes go on where they stopped."""
+        self._set_frozen(host, False, timeout)
+
+    def _set_frozen(self, host: str, frozen: bool, timeout: float) -> None:
+        path = self._freeze_file(host)
+        path.write_text("1" if frozen else "0")
+        self._event(f"{'freeze' if frozen else 'thaw'} {host}")
+        deadline = time.monotonic() + timeout
+        while self.frozen(host) != frozen:
+            if time.monotonic() > deadline:
+                what = "frozen" if frozen else "thawed"
+                raise TestbedError(f"{host} not {what} after {timeout} s ({path})")
+            time.sleep(POLL_INTERVAL / 4)
+
+    def _thaw_all(self) -> None:
+        """Thaw whatever of this test bed is frozen, so its hosts can power off in `down`."""
+        for hier in _cgroup_hierarchies() if Path("/sys/fs/cgroup").exists() else []:
+            for freeze in (hier / self._cgroup()).glob("*/cgroup.freeze"):
+                with contextlib.suppress(OSError):
+                    if freeze.read_text().strip() == "1":
+                        freeze.write_text("0")
+
     # -- down ---------------------------------------------------------------------------------------
 
     def down(self, timeout: float = 60.0, *, force: bool = False) -> None:
@@ -173,6 +226,7 @@ class TestbedState:
         hosts = info.hosts if info else []
         if any(h.alive for h in hosts):
             self._event(f"down: stopping {', '.join(h.name for h in hosts if h.alive)}")
+        self._thaw_all()  # a frozen host would sit out its poweroff (and the SIGTERM of its supervisor)
         # 1. polite: SIGTERM each supervisor (it forwards to nspawn -> orderly poweroff inside)
         for h in hosts:
             if h.alive:
@@ -239,6 +293,12 @@ class TestbedState:
         if proc is not None and proc.poll() is not None:
             _CHILDREN.pop(pid, None)
 
+    def _is_frozen_quietly(self, host: str) -> bool:
+        try:
+            return self.frozen(host)
+        except (TestbedError, OSError, ValueError):
+            return False
+
     # -- status ------------------------------------------------------------------------------------
 
     def status(self) -> dict:
@@ -258,6 +318,7 @@ class TestbedState:
                     "supervisor_pid": h.supervisor_pid,
                     "alive": alive,
                     "ssh": alive and _tcp_open(h.ip, 22, 1.0),
+                    "frozen": alive and self._is_frozen_quietly(h.name),
                     "user": "root",
                     "port": 22,
                     "identity_file": str(info.key_path),

@@ -11,8 +11,6 @@ running is stopped by pid file at teardown. Timings (cold/warm start, cleanup) a
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import importlib.util
 import json
 import os
@@ -21,17 +19,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
 import pytest
-import yaml
 from local_cluster import run_fmin
+from multihost_env import Multihost, alive_with, children, cmdline, multihost_env
 
 from pyhoptcluster import HyperoptCluster
 from pyhoptcluster.errors import PlaybookError
-from pyhoptcluster.launchers import LocalMongoLauncher, RoundRobinLauncher
+from pyhoptcluster.launchers import RoundRobinLauncher
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -62,152 +60,9 @@ def objective(x: float) -> float:
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@dataclass
-class Multihost:
-    tb: object  # TestbedInfo
-    tmp: Path
-    base: dict
-    secantusdb_venv: str
-    timings: dict[str, float] = field(default_factory=dict)
-    clusters: list[HyperoptCluster] = field(default_factory=list)
-
-    @property
-    def ips(self) -> list[str]:
-        return [h.ip for h in self.tb.hosts]
-
-    @property
-    def hostnames(self) -> dict[str, str]:
-        return {h.ip: h.name for h in self.tb.hosts}
-
-    def inventory(self, name: str, server: str = "main", host_vars: dict | None = None, **all_vars) -> Path:
-        """The test bed's inventory with its own server state dir, SecantusDB from the existing venv,
-        and the given overrides (``host_vars`` may add hosts)."""
-        inv = copy.deepcopy(self.base)
-        group_vars = inv["all"]["vars"]
-        group_vars.update(
-            hyperopt_mongodb_state_dir=str(self.tmp / f"server-{server}"),
-            hyperopt_mongodb_install_method="pip",
-            hyperopt_mongodb_pip_venv=self.secantusdb_venv,
-            hyperopt_mongodb_port=PORTS,
-        )
-        group_vars.update(all_vars)
-        hosts = inv["all"]["children"]["hyperopt_workers"]["hosts"]
-        for host, values in (host_vars or {}).items():
-            hosts.setdefault(host, {}).update(values)
-        path = self.tmp / f"{name}.yml"
-        path.write_text(yaml.safe_dump(inv, sort_keys=False))
-        return path
-
-    def cluster(self, inventory: Path, cleanup: bool = False) -> tuple[HyperoptCluster, RoundRobinLauncher]:
-        """A cluster on ``inventory``; with ``cleanup`` it is cleaned up at teardown (the fault tests'
-        clusters share the main one's server and units, which the main one's cleanup stops)."""
-        workers = RoundRobinLauncher(str(inventory))
-        cluster = HyperoptCluster(
-            str(inventory), master_launcher=LocalMongoLauncher(str(inventory)), worker_launcher=workers
-        )
-        if cleanup:
-            self.clusters.append(cluster)
-        return cluster, workers
-
-    def ssh(self, host: str, command: str) -> str:
-        proc = self.tb.ssh(host, command)
-        assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
-        return proc.stdout
-
-    @contextlib.contextmanager
-    def hidden(self, host: str, path: str) -> Iterator[None]:
-        """``path`` on ``host`` renamed away for the duration (a fault), always put back."""
-        self.ssh(host, f"mv {path} {path}.hidden")
-        try:
-            yield
-        finally:
-            self.ssh(host, f"mv {path}.hidden {path}")
-
-    def units(self, host: str, ids=range(1, 8)) -> dict[str, tuple[str, str, int]]:
-        """unit -> (ActiveState, is-enabled, MainPID) of the target and hyperopt-worker@<ids>."""
-        names = ["hyperopt-workers.target"] + [f"hyperopt-worker@{i}.service" for i in ids]
-        script = "; ".join(
-            f'echo "{u}|$(systemctl is-active {u})|$(systemctl is-enabled {u} 2>/dev/null)'
-            f'|$(systemctl show -p MainPID --value {u})"'
-            for u in names
-        )
-        result = {}
-        for line in self.ssh(host, script).splitlines():
-            unit, active, enabled, pid = line.split("|")
-            result[unit] = (active, enabled, int(pid or 0))
-        return result
-
-    def running(self) -> dict[str, dict[int, int]]:
-        """host -> {instance id: MainPID} of the active worker units."""
-        out = {}
-        for ip in self.ips:
-            out[ip] = {
-                int(unit.split("@")[1].split(".")[0]): pid
-                for unit, (active, _, pid) in self.units(ip).items()
-                if unit.startswith("hyperopt-worker@") and active == "active"
-            }
-        return out
-
-
-def _alive_with(pid: int, needle: str) -> bool:
-    try:
-        return needle in " ".join(_cmdline(pid))
-    except OSError:
-        return False
-
-
-def _cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid``."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def _stop_leftovers(state_dir: Path) -> None:
-    """Stop by pid file what a failed test may have left: the server and the ssh tunnels."""
-    pidfiles = [(state_dir / "mongod.pid", str(state_dir))]
-    pidfiles += [(p, "ssh -N") for p in (state_dir / "tunnels").glob("tunnel-*.pid")]
-    for pidfile, needle in pidfiles:
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if _alive_with(pid, needle):
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not _alive_with(pid, needle):
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def mh(testbed_hosts, secantusd_binary, tmp_path_factory) -> Iterator[Multihost]:
-    tmp = tmp_path_factory.mktemp("multihost")
-    base = yaml.safe_load(Path(testbed_hosts.inventory_path).read_text())
-    env = Multihost(testbed_hosts, tmp, base, str(Path(secantusd_binary).parent.parent))
-    try:
-        yield env
-    finally:
-        for cluster in env.clusters:
-            try:
-                cluster.cleanup()
-            except Exception as exc:  # keep tearing down; the test bed goes away anyway
-                print(f"cleanup after the multihost tests: {exc}")
-        for state_dir in tmp.glob("server-*"):
-            _stop_leftovers(state_dir)
-        print("\nmultihost timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in env.timings.items()))
+    yield from multihost_env(testbed_hosts, secantusd_binary, tmp_path_factory.mktemp("multihost"), PORTS)
 
 
 @dataclass
@@ -400,7 +255,7 @@ def test_cleanup_stops_every_unit_on_every_host_and_the_server(mh, main):
             if unit.endswith(".target") or int(unit.split("@")[1].split(".")[0]) <= 6:
                 assert enabled == "disabled", (ip, unit)
         assert mh.ssh(ip, "systemctl is-active hyperopt-workers.target || true").strip() == "inactive"
-    assert not _alive_with(server_pid, str(mh.tmp / "server-main"))
+    assert not alive_with(server_pid, str(mh.tmp / "server-main"))
 
 
 # -- the ssh tunnel --------------------------------------------------------------------------------
@@ -428,13 +283,13 @@ def test_ssh_tunnels_reach_a_server_bound_to_loopback_only(mh):
         pids = {ip: int((tunnels / f"tunnel-{ip}.pid").read_text()) for ip in mh.ips}
         ssh_pids = {}
         for ip, pid in pids.items():
-            cmdline = _cmdline(pid)
-            assert cmdline[1].endswith("ssh_tunnel_keeper.py") and password not in " ".join(cmdline)
-            (ssh_pid,) = _children(pid)
+            argv = cmdline(pid)
+            assert argv[1].endswith("ssh_tunnel_keeper.py") and password not in " ".join(argv)
+            (ssh_pid,) = children(pid)
             ssh_pids[ip] = ssh_pid
-            assert _cmdline(ssh_pid) == cmdline[cmdline.index("--") + 1 :]
-            assert _cmdline(ssh_pid)[0] == "ssh" and f"root@{ip}" in _cmdline(ssh_pid)
-            assert f"127.0.0.1:{port}:127.0.0.1:{port}" in _cmdline(ssh_pid)
+            assert cmdline(ssh_pid) == argv[argv.index("--") + 1 :]
+            assert cmdline(ssh_pid)[0] == "ssh" and f"root@{ip}" in cmdline(ssh_pid)
+            assert f"127.0.0.1:{port}:127.0.0.1:{port}" in cmdline(ssh_pid)
             conf = mh.ssh(ip, "cat /var/lib/pyhoptcluster-worker/worker.conf")
             assert f"@127.0.0.1:{port}/hyperopt/jobs" in conf
         trials = run_fmin(cluster.mongo_trial_url, "multihost-tunnel", 18, workers=3, objective=objective)
@@ -444,7 +299,7 @@ def test_ssh_tunnels_reach_a_server_bound_to_loopback_only(mh):
         h1 = mh.ips[0]
         os.kill(ssh_pids[h1], signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while [c for c in _children(pids[h1]) if c != ssh_pids[h1]] == []:
+        while [c for c in children(pids[h1]) if c != ssh_pids[h1]] == []:
             assert time.monotonic() < deadline, (tunnels / f"tunnel-{h1}.log").read_text()[-2000:]
             time.sleep(0.2)
         assert "starting it again" in (tunnels / f"tunnel-{h1}.log").read_text()
@@ -461,7 +316,7 @@ def test_ssh_tunnels_reach_a_server_bound_to_loopback_only(mh):
         assert {ip: int((tunnels / f"tunnel-{ip}.pid").read_text()) for ip in mh.ips} == pids
     finally:
         cluster.cleanup()
-    assert not any(_alive_with(pid, "ssh -N") for pid in pids.values())
+    assert not any(alive_with(pid, "ssh -N") for pid in pids.values())
     assert not list(tunnels.glob("tunnel-*.pid"))
     for ip in mh.ips:
         assert {active for active, _, _ in mh.units(ip).values()} == {"inactive"}, ip

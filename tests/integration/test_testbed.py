@@ -195,6 +195,23 @@ def test_reboot_inside_a_host_brings_it_back_under_the_same_supervisor(testbed_h
     assert host.alive  # the same supervisor restarted nspawn
 
 
+def test_frozen_host_stops_answering_until_thawed_and_goes_on_where_it_stopped(testbed_hosts):
+    host = testbed_hosts.hosts[-1]
+    tb = tb_mod.Testbed(testbed_hosts.name, len(testbed_hosts.hosts), testbed_hosts.subnet)
+    probe = "systemctl is-system-running; systemctl show -p MainPID --value ssh"
+    sshd_before = testbed_hosts.ssh(host, probe).stdout.split()[1]
+    tb.freeze(host.name)
+    try:
+        assert tb.frozen(host.name) and tb.status()["hosts"][-1]["frozen"]
+        frozen = testbed_hosts.ssh(host, "true", timeout=30)  # the kernel accepts, sshd never greets
+        assert frozen.returncode == 255 and "timed out" in frozen.stderr, frozen
+    finally:
+        tb.thaw(host.ip)
+    assert not tb.frozen(host.name)
+    state, sshd = testbed_hosts.ssh(host, probe, timeout=30).stdout.split()
+    assert state in ("running", "degraded") and sshd == sshd_before  # the same sshd: it went on
+
+
 # --- test beds of their own ----------------------------------------------------------------------
 
 
