@@ -10,19 +10,35 @@ for it, so with ``max_queue_len`` = workers and a 0.2 s objective the workers id
     trials.poll_interval_secs = 0.2
     fmin(objective, space, algo=tpe.suggest, max_evals=100, trials=trials, max_queue_len=6)
 
-Every poll re-reads the experiment's trial documents from the server, so a short interval costs
-server time that grows with the number of trials; a deeper ``max_queue_len`` is the other way to
-keep workers busy. Trials objects without the attribute keep hyperopt's 1 s, and an explicit
-``FMinIter(poll_interval_secs=...)`` wins. Worker side safe: imports hyperopt only.
+Trials objects without the attribute keep hyperopt's 1 s, and an explicit
+``FMinIter(poll_interval_secs=...)`` wins.
+
+Push before poll: while fmin runs on a ``MongoTrials`` whose server has change streams, the driver's
+sleep between polls ends as soon as a trial finishes (:mod:`pyhoptcluster.wakeup`), so the next
+trial is queued within milliseconds, not after the poll interval: ``max_queue_len`` = workers keeps
+them busy with the defaults. Without change streams the sleep is the poll interval, as stock.
+Worker side safe: imports hyperopt and pymongo only.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
+import sys
+import time
+import types
 from typing import Any
 
 from hyperopt.fmin import FMinIter
+from hyperopt.mongoexp import MongoTrials
+
+from pyhoptcluster.wakeup import ChangeWaiter, finished
+
+# the waiter of the fmin running in this context (thread), which the driver's sleep waits on
+_WAITER: contextvars.ContextVar[ChangeWaiter | None] = contextvars.ContextVar(
+    "pyhoptcluster_waiter", default=None
+)
 
 ATTRIBUTE = "poll_interval_secs"
 _MARKER = "_pyhoptcluster_poll_interval"
@@ -52,11 +68,44 @@ def is_applied() -> bool:
     return bool(getattr(FMinIter.__init__, _MARKER, False))
 
 
+def _sleep(seconds: float) -> None:
+    """hyperopt.fmin's ``time.sleep``: ends early when a trial of the running fmin finished."""
+    waiter = _WAITER.get()
+    if waiter is None or waiter.push is False:
+        time.sleep(seconds)
+    else:
+        waiter.wait(timeout=seconds)
+
+
 def apply() -> None:
-    """Make ``FMinIter`` use ``trials.poll_interval_secs`` when the caller did not pass one. Idempotent."""
+    """Make ``FMinIter`` use ``trials.poll_interval_secs`` when the caller did not pass one, and wake
+    on finished trials where the server can push them. Idempotent."""
     if is_applied():
         return
     original = FMinIter.__init__
+    original_run = FMinIter.run
+
+    @functools.wraps(original_run)
+    def run(self, N, block_until_done=True):
+        trials = self.trials
+        if not (self.asynchronous and isinstance(trials, MongoTrials)) or _WAITER.get() is not None:
+            return original_run(self, N, block_until_done)
+        poll = self.poll_interval_secs
+        waiter = ChangeWaiter(lambda: trials.handle.jobs, finished(), poll, await_ms=int(poll * 1000))
+        waiter.arm()
+        token = _WAITER.set(waiter)
+        try:
+            return original_run(self, N, block_until_done)
+        finally:
+            _WAITER.reset(token)
+            waiter.close()
+
+    clock = types.ModuleType("time", "hyperopt.fmin's time, with pyhoptcluster's waking sleep")
+    clock.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
+    clock.sleep = _sleep
+    # the module (``hyperopt.fmin`` the attribute is the fmin function: hyperopt/__init__ imports it)
+    sys.modules[FMinIter.__module__].time = clock
+    FMinIter.run = run
 
     @functools.wraps(original)
     def __init__(self, algo, domain, trials, rstate, *args, **kwargs):

@@ -139,7 +139,9 @@ def connection_with_tunnel(
 
     Extra keyword arguments go to ``MongoClient`` (e.g. ``serverSelectionTimeoutMS``).
     """
-    options: dict[str, Any] = {"document_class": SON, "w": 1, "journal": True}
+    # directConnection: the one server of the cluster, never a member list it advertises (which may
+    # name an address the client cannot reach, e.g. behind an ssh tunnel)
+    options: dict[str, Any] = {"document_class": SON, "w": 1, "journal": True, "directConnection": True}
     options.update(client_kwargs)
     if user:
         if not pw:

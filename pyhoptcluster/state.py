@@ -89,5 +89,5 @@ class ClusterInfo:
 
     def pymongo_uri(self) -> str:
         """``mongodb://…/dbname?authSource=dbname`` for ``pymongo.MongoClient`` (direct access)."""
-        uri = "mongodb://" + self.mongo_url().removeprefix("mongo://")
-        return f"{uri}?authSource={self.dbname}" if self.auth and self.username else uri
+        uri = "mongodb://" + self.mongo_url().removeprefix("mongo://") + "?directConnection=true"
+        return f"{uri}&authSource={self.dbname}" if self.auth and self.username else uri

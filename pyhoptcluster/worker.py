@@ -76,6 +76,7 @@ from hyperopt import mongoexp
 from pyhoptcluster import liveness
 from pyhoptcluster.isolation import ChildJobRunner
 from pyhoptcluster.jobrunner import Backoff, JobRunner, StopRequested, connect, make_owner, release_jobs
+from pyhoptcluster.wakeup import ChangeWaiter, queued
 from pyhoptcluster.worker_config import PREFIX, ConfigError, WorkerConfig, load_config, read_config_file
 from pyhoptcluster.worker_logging import MaskingFormatter, quiet_stock_url_logging, setup_logging
 
@@ -125,6 +126,10 @@ class Worker:
             lambda: connect(config), self.owner, instance, config.lease, config.exp_key, config.inventory_host
         )
         self.mj: mongoexp.MongoJobs | None = None
+        # idle: wait on a change stream of queued jobs (push), else poll (pyhoptcluster.wakeup)
+        self.waiter = ChangeWaiter(
+            lambda: self._ensure_connected().jobs, queued(config.exp_key), config.poll_interval
+        )
         self.stopping = False
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -197,6 +202,7 @@ class Worker:
             log.info("stopped after %d jobs done, %d failed", self.jobs_done, self.jobs_failed)
             return EXIT_STOPPED
         finally:
+            self.waiter.close()
             if self.mj is not None:
                 self.mj.conn.close()
 
@@ -227,11 +233,18 @@ class Worker:
                 continue
             if job is None:
                 if not idle_logged:
-                    log.info("queue empty; polling every %.3g s", self.config.poll_interval)
+                    log.info(
+                        "queue empty; waiting for a job (change stream, else polling every %.3g s)",
+                        self.config.poll_interval,
+                    )
                     idle_logged = True
-                time.sleep(self.config.poll_interval)
+                # open the change stream, then reserve again at once: nothing queued meanwhile is missed
+                if not self.waiter.armed and self.waiter.push is not False and self.waiter.arm():
+                    continue
+                self.waiter.wait()  # a job queued (push), or the poll interval (no change streams)
                 continue
             idle_logged = False
+            self.waiter.close()  # busy: the events until we are idle again do not matter
             log.debug("reserved job %s (tid %s, exp_key %s)", job["_id"], job.get("tid"), job.get("exp_key"))
             self.heartbeat.set_job(job)
             try:

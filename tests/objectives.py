@@ -61,3 +61,9 @@ def stop_self(x: float) -> float:
 
     os.kill(os.getpid(), signal.SIGSTOP)
     return 0.0
+
+
+def sleep_02(x: float) -> float:
+    """A 0.2 s objective, as in the utilisation benchmarks."""
+    time.sleep(0.2)
+    return (x - 1.0) ** 2

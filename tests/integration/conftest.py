@@ -83,6 +83,7 @@ class MongoServer:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     dbname: str = "hyperopt"
+    standalone: bool = True  # False: a one-node replica set (change streams), SecantusDB's default
 
     @property
     def pid(self) -> int:
@@ -135,10 +136,12 @@ def _stop(server: MongoServer) -> None:
         server.proc.wait(timeout=10)
 
 
-def _launch(binary: Path, storage: Path, port: int, auth: bool) -> MongoServer:
+def _launch(binary: Path, storage: Path, port: int, auth: bool, standalone: bool = True) -> MongoServer:
     storage.mkdir(parents=True, exist_ok=True)
     log_path = storage.parent / f"{storage.name}-secantusd.log"
-    argv = [str(binary), "--host", HOST, "--port", str(port), "--storage-path", str(storage), "--standalone"]
+    argv = [str(binary), "--host", HOST, "--port", str(port), "--storage-path", str(storage)]
+    if standalone:
+        argv.append("--standalone")
     if auth:
         argv.append("--auth")
     with open(log_path, "ab") as log:
@@ -151,9 +154,11 @@ def _launch(binary: Path, storage: Path, port: int, auth: bool) -> MongoServer:
             # same process group as pytest: if pytest itself is killed (no teardown), a signal to
             # its group still reaches the server
         )
-    server = MongoServer(HOST, port, storage, log_path, proc, auth=auth)
+    server = MongoServer(HOST, port, storage, log_path, proc, auth=auth, standalone=standalone)
     deadline = time.monotonic() + START_TIMEOUT
-    probe = pymongo.MongoClient(HOST, port, serverSelectionTimeoutMS=250, connectTimeoutMS=250)
+    probe = pymongo.MongoClient(
+        HOST, port, serverSelectionTimeoutMS=250, connectTimeoutMS=250, directConnection=True
+    )
     try:
         while True:
             if proc.poll() is not None:
@@ -181,11 +186,11 @@ class SecantusdFactory:
         self.servers: list[MongoServer] = []
         self._n = 0
 
-    def _start(self, storage: Path, port: int | None, auth: bool) -> MongoServer:
+    def _start(self, storage: Path, port: int | None, auth: bool, standalone: bool = True) -> MongoServer:
         last: Exception | None = None
         for _ in range(3):  # a free port can be taken between picking and binding it
             try:
-                server = _launch(self.binary, storage, port or free_port(), auth)
+                server = _launch(self.binary, storage, port or free_port(), auth, standalone)
             except RuntimeError as exc:
                 last = exc
                 if port is not None:
@@ -202,24 +207,27 @@ class SecantusdFactory:
         dbname: str = "hyperopt",
         port: int | None = None,
         storage_path: Path | None = None,
+        standalone: bool = True,
     ) -> MongoServer:
         """A running server; with ``auth_user`` it has that user (readWrite on ``dbname``, created
-        in ``dbname``) and runs with ``--auth``."""
+        in ``dbname``) and runs with ``--auth``; ``standalone=False``: a one-node replica set."""
         self._n += 1
         storage = storage_path or self.tmp / f"db{self._n}"
-        server = self._start(storage, port, auth=False)
+        server = self._start(storage, port, auth=False, standalone=standalone)
         if auth_user is None:
             return replace(server, dbname=dbname)
         password = auth_password if auth_password is not None else secrets.token_urlsafe(24)
-        with pymongo.MongoClient(HOST, server.port, serverSelectionTimeoutMS=10000) as client:
+        with pymongo.MongoClient(
+            HOST, server.port, serverSelectionTimeoutMS=10000, directConnection=True
+        ) as client:
             client[dbname].command(
                 "createUser", auth_user, pwd=password, roles=[{"role": "readWrite", "db": dbname}]
             )
         self.stop(server)
         try:
-            authed = self._start(storage, server.port, auth=True)
+            authed = self._start(storage, server.port, auth=True, standalone=standalone)
         except RuntimeError:  # the port went to someone else meanwhile
-            authed = self._start(storage, None, auth=True)
+            authed = self._start(storage, None, auth=True, standalone=standalone)
         return replace(authed, username=auth_user, password=password, dbname=dbname)
 
     def stop(self, server: MongoServer) -> None:
@@ -228,7 +236,7 @@ class SecantusdFactory:
     def restart(self, server: MongoServer) -> MongoServer:
         """Stop ``server`` and start it again on the same port and data (same credentials)."""
         self.stop(server)
-        again = self._start(server.storage_path, server.port, auth=server.auth)
+        again = self._start(server.storage_path, server.port, auth=server.auth, standalone=server.standalone)
         return replace(again, username=server.username, password=server.password, dbname=server.dbname)
 
     def close(self) -> None:

@@ -213,7 +213,8 @@ def test_drift_is_repaired_on_the_next_run(started: Started) -> None:
     password = started.password()
     password_file.chmod(0o644)
     server_json.chmod(0o644)
-    config.write_text(rendered.replace("standalone = true", "standalone = false"))
+    assert "standalone = false" in rendered
+    config.write_text(rendered.replace("standalone = false", "standalone = true"))
     pid = running_pid(started.state_dir)
     assert pid is not None
 

@@ -94,5 +94,6 @@ def test_unreadable_password_file_is_a_permission_error(tmp_path: Path) -> None:
 def test_pymongo_uri_authenticates_against_the_experiment_db(tmp_path: Path) -> None:
     info = ClusterInfo.from_stats(_stats(tmp_path))
     assert (
-        info.pymongo_uri() == "mongodb://pyhoptcluster:s3cretPW@10.231.0.1:27018/hyperopt?authSource=hyperopt"
+        info.pymongo_uri()
+        == "mongodb://pyhoptcluster:s3cretPW@10.231.0.1:27018/hyperopt?directConnection=true&authSource=hyperopt"
     )

@@ -1,0 +1,81 @@
+"""Push before poll: idle workers wait on a change stream where the server has them (a one-node
+replica set, SecantusDB's default), and poll where it does not (--standalone). Real servers, real
+workers, a real fmin; request counts from the server's own opcounters."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hyperopt import fmin, rand
+from hyperopt.base import JOB_STATE_DONE
+from hyperopt.mongoexp import MongoTrials
+from worker_procs import SPACE, all_jobs, fmin_within, objectives, wait_for, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def requests(server) -> int:
+    with server.client(directConnection=True) as client:
+        counters = client.admin.command("serverStatus")["opcounters"]
+    return sum(int(v) for v in counters.values())
+
+
+def idle_requests_per_s(server, seconds: float = 6.0) -> float:
+    before = requests(server)
+    time.sleep(seconds)  # measuring an idle period: nothing to wait for
+    return (requests(server) - before - 1) / seconds  # -1: our own serverStatus
+
+
+@pytest.mark.parametrize("standalone", [False, True], ids=["replica-set-push", "standalone-poll"])
+def test_idle_worker_waits_on_a_change_stream_where_it_can_and_polls_where_it_cannot(
+    secantusd, workers, tmp_path, standalone
+):
+    server = secantusd.start(standalone=standalone)
+    url, exp_key = server.trials_url(), "push"
+    config = write_config(
+        tmp_path / "w.conf", MONGO_URL=url, EXP_KEY=exp_key, POLL_INTERVAL="0.1", HEARTBEAT="10"
+    )
+    worker = workers.start(config, "1")
+    wait_for(lambda: "queue empty" in worker.log(), 60, "the worker to go idle")
+    time.sleep(1)
+    rate = idle_requests_per_s(server)
+    if standalone:
+        assert "no change streams" in worker.log()
+        assert rate > 5, f"polling every 0.1 s asks the server ~10 times a second, saw {rate:.1f}/s"
+    else:
+        assert "no change streams" not in worker.log()
+        assert rate <= 1.5, f"an idle worker on a change stream costs ~1 request/s, saw {rate:.1f}/s"
+    fmin_within(120, url, exp_key, objectives.quadratic, 8, max_queue_len=2)
+    assert [j["state"] for j in all_jobs(server, exp_key)] == [JOB_STATE_DONE] * 8
+    assert worker.stop() == 0
+
+
+def test_driver_wakes_on_finished_trials_instead_of_sleeping_its_poll_interval(secantusd, workers, tmp_path):
+    """A driver poll of 60 s: stock fmin would take >= 60 s per refill of the queue; woken by the
+    change stream of finished trials it queues the next trial at once."""
+    server = secantusd.start(standalone=False)
+    url, exp_key = server.trials_url(), "wake"
+    config = write_config(tmp_path / "w.conf", MONGO_URL=url, EXP_KEY=exp_key)
+    pool = [workers.start(config, str(i)) for i in (1, 2)]
+    for w in pool:
+        wait_for(lambda w=w: "queue empty" in w.log(), 60, "the workers to go idle")
+    trials = MongoTrials(url, exp_key=exp_key)
+    trials.poll_interval_secs = 60
+    driver = threading.Thread(
+        target=fmin,
+        args=(objectives.quadratic, SPACE),
+        kwargs={
+            "algo": rand.suggest,
+            "max_evals": 12,
+            "trials": trials,
+            "max_queue_len": 2,
+            "show_progressbar": False,
+        },
+        daemon=True,
+    )
+    driver.start()
+    driver.join(50)  # the 5 refills after the first would take 5 x 60 s polling
+    assert not driver.is_alive(), "the driver slept its poll interval instead of waking on finished trials"
+    assert [j["state"] for j in all_jobs(server, exp_key)] == [JOB_STATE_DONE] * 12
