@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyhoptcluster import driver as _driver
 from pyhoptcluster import trials as _trials
+from pyhoptcluster.trials import TrialsFailedError
 
 _trials.apply()
 _driver.apply()
@@ -47,6 +48,7 @@ __all__ = [
     "PortInUseError",
     "PyhoptclusterError",
     "RoundRobinLauncher",
+    "TrialsFailedError",
     "WorkerLauncher",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""``pyhoptcluster up|down``: the facade from a shell."""
+"""``pyhoptcluster up|down|check|experiments|delete``: the facade from a shell."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import pymongo.errors
+
 from .cluster import HyperoptCluster
 from .errors import PyhoptclusterError
+from .experiments import table as experiment_table
 from .state import JOBS_COLLECTION
 
 
@@ -31,12 +34,65 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--dbname", default="hyperopt", help="experiment database (default: hyperopt)")
     up.add_argument("--dbpath", default=None, help="server data directory on the control node")
     up.add_argument("--show-password", action="store_true", help="print the URLs with the password")
+    _add_operations(sub)
     return parser
+
+
+def _add_operations(sub: argparse._SubParsersAction) -> None:
+    check = sub.add_parser(
+        "check", help="compare the workers' Python/hyperopt/cloudpickle/pymongo with this one's"
+    )
+    check.add_argument(
+        "--require",
+        nargs="+",
+        default=[],
+        metavar="PKG",
+        help="packages (import names) every worker must import",
+    )
+    exps = sub.add_parser("experiments", help="list the experiments: trials by state, best loss")
+    delete = sub.add_parser("delete", help="delete one experiment's trials and attachments")
+    delete.add_argument("--exp-key", required=True, help="the experiment to delete")
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+    for cmd in (check, exps, delete):
+        cmd.add_argument("-i", "--inventory", required=True, help="Ansible inventory file or directory")
+
+
+def _operation(args: argparse.Namespace) -> int:
+    cluster = HyperoptCluster(args.inventory)
+    if args.command == "check":
+        result = cluster.check(require=args.require)
+        print(result.table())
+        return 0 if result.ok else 1
+    if args.command == "experiments":
+        found = cluster.experiments()
+        print(experiment_table(found) if found else "no experiments")
+        return 0
+    n = cluster.count_trials(args.exp_key)
+    if n == 0:
+        print(f"no trials of experiment {args.exp_key!r}", file=sys.stderr)
+        return 1
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                f"pyhoptcluster: refusing to delete {n} trials of experiment {args.exp_key!r} without "
+                "asking: no terminal to ask on; pass --yes",
+                file=sys.stderr,
+            )
+            return 2
+        answer = input(f"Delete {n} trials of experiment {args.exp_key}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    deleted = cluster.delete_experiment(args.exp_key)
+    print(f"deleted {deleted} trials of experiment {args.exp_key}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("check", "experiments", "delete"):
+            return _operation(args)
         if args.command == "down":
             cluster = HyperoptCluster(args.inventory, progress=not args.quiet)
             cluster.cleanup()
@@ -55,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for host, ids in info.workers.items():
             print(f"workers on {host}: {', '.join(map(str, ids)) or '-'}")
         return 0
-    except (PyhoptclusterError, ValueError, PermissionError) as exc:
+    except (PyhoptclusterError, ValueError, PermissionError, pymongo.errors.PyMongoError) as exc:
         print(f"pyhoptcluster: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

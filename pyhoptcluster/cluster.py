@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from . import experiments as _experiments
+from .check import CheckResult, WorkerCheckWarning, compare
 from .errors import ClusterNotStartedError
 from .inventory import InventorySpec
 from .launchers import (
@@ -15,8 +18,11 @@ from .launchers import (
     MasterLauncher,
     RoundRobinLauncher,
     WorkerLauncher,
+    default_pip_packages,
+    read_info,
     start_both,
     stop_both,
+    worker_check,
 )
 from .state import JOBS_COLLECTION, ClusterInfo
 from .validation import check_dbname, check_poll_interval, check_worker_count
@@ -41,20 +47,30 @@ class HyperoptCluster:
         dbpath: str | Path | None = None,
         dbname: str = "hyperopt",
         worker_poll_intervall: float = 0.1,
+        worker_packages: Sequence[str] | None = None,
         progress: bool = True,
     ) -> None:
-        """``progress``: show what a start or cleanup is doing (a live line in a terminal or notebook,
-        plain lines elsewhere; pyhoptcluster.progress)."""
+        """``worker_packages``: pip requirements the objective needs on the workers (e.g.
+        ``["scikit-learn==1.5"]``), installed into every worker venv besides hyperopt and pymongo
+        (the role's ``hyperopt_worker_pip_packages``). ``progress``: show what a start or cleanup is
+        doing (a live line in a terminal or notebook, plain lines elsewhere; pyhoptcluster.progress)."""
         self._dbname = check_dbname(dbname)
         check_poll_interval(worker_poll_intervall)
         self._inventory = inventory
         self._master = master_launcher or LocalMongoLauncher(inventory, dbpath=dbpath, dbname=dbname)
+        extravars = {}
+        if worker_packages:
+            if isinstance(worker_packages, str):
+                raise ValueError(f"worker_packages must be a list of requirements, got {worker_packages!r}")
+            packages = default_pip_packages() + [str(p) for p in worker_packages]
+            extravars["hyperopt_worker_pip_packages"] = packages
         self._workers = worker_launcher or RoundRobinLauncher(
-            inventory, dbname=dbname, poll_interval=worker_poll_intervall
+            inventory, dbname=dbname, poll_interval=worker_poll_intervall, extravars=extravars
         )
         for launcher in (self._master, self._workers):
             if hasattr(launcher, "quiet"):
                 launcher.quiet = not progress
+        self._read_info: ClusterInfo | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(
@@ -68,9 +84,19 @@ class HyperoptCluster:
             check_worker_count(worker_count)
         if isinstance(self._master, LocalMongoLauncher) and isinstance(self._workers, RoundRobinLauncher):
             start_both(self._master, self._workers, master_port, worker_count, timeout=3, debug=debug)
+        else:
+            self.start_master(master_port, debug=debug)
+            self.start_workers(worker_count, debug=debug)
+        self._warn_runtime_mismatch()
+
+    def _warn_runtime_mismatch(self) -> None:
+        """The runtime reports of the worker hosts this run installed on (nothing on a warm run)."""
+        info = getattr(self._workers, "info", None)
+        if info is None or not info.worker_checks:
             return
-        self.start_master(master_port, debug=debug)
-        self.start_workers(worker_count, debug=debug)
+        result = compare(info.worker_checks)
+        if not result.ok:
+            warnings.warn(f"{result.summary()} (see cluster.check())", WorkerCheckWarning, stacklevel=3)
 
     def start_master(
         self, master_port: int | Sequence[int] | None = None, timeout: float = 3, debug: bool = False
@@ -105,6 +131,36 @@ class HyperoptCluster:
             if callable(log):
                 text = log()
                 print(_ANSI.sub("", text) if plain else text)
+
+    # -- operations ------------------------------------------------------------------------------
+    def check(self, require: Sequence[str] = ()) -> CheckResult:
+        """Python, hyperopt, cloudpickle and pymongo on every worker host against this Python's, and
+        every package of ``require`` (import names, e.g. ``["sklearn"]``) importable in the worker
+        venvs. Read-only (``playbooks/check.yml``); ``result.raise_for_problems()`` raises
+        ``WorkerCheckError`` naming each problem by host."""
+        return worker_check(self._inventory, require, getattr(self._workers, "_extravars", None))
+
+    def _connection(self) -> ClusterInfo:
+        """The started cluster's info, else the running one's read from the control node (read-only)."""
+        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
+        if info is None:
+            if self._read_info is None:
+                self._read_info = read_info(self._inventory, getattr(self._master, "_extravars", None))
+            info = self._read_info
+        return info
+
+    def experiments(self) -> list[_experiments.ExperimentStatus]:
+        """Every experiment in the database: exp_key, trials by state, stale, best loss, trials/min."""
+        return _experiments.list_experiments(self._connection())
+
+    def count_trials(self, exp_key: str) -> int:
+        """How many trials (any state) experiment ``exp_key`` has."""
+        return _experiments.count_trials(self._connection(), exp_key)
+
+    def delete_experiment(self, exp_key: str) -> int:
+        """Delete every trial of ``exp_key`` and its attachments (hyperopt's ``MongoTrials.delete_all``);
+        returns the number of trials deleted."""
+        return _experiments.delete_experiment(self._connection(), exp_key)
 
     def __enter__(self) -> HyperoptCluster:
         return self

@@ -9,13 +9,16 @@ read the published result.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import progress, runner
-from .errors import ClusterNotStartedError
+from .check import STATS_KEY as CHECK_STATS_KEY
+from .check import CheckResult, HostCheck, compare
+from .errors import ClusterNotStartedError, PlaybookError
 from .inventory import InventorySpec, normalize
 from .state import ClusterInfo
 from .validation import check_dbname, check_poll_interval, check_ports, check_worker_count
@@ -216,3 +219,49 @@ def stop_both(master: LocalMongoLauncher, workers: RoundRobinLauncher) -> None:
         master._run("stop.yml", None, {}, debug=False)
     finally:
         master.info = workers.info = None
+
+
+# -- read-only runs: what is running, and what the worker hosts have -----------------------------------
+
+
+def read_info(inventory: InventorySpec, extravars: Mapping[str, Any] | None = None) -> ClusterInfo:
+    """The running cluster's connection facts (server address, port, dbname, user, password file) from
+    the server's state on the control node, without starting or changing anything: ``playbooks/
+    info.yml`` loads them (``hyperopt_mongodb`` ``tasks_from: facts``) and publishes ``hyperopt_cluster``
+    as ``site.yml`` does. ``workers`` is ``{}``: this run does not look at the worker hosts.
+    ``ClusterNotStartedError`` when the server was never started with this inventory."""
+    run = runner.run_playbook("info.yml", normalize(inventory), dict(extravars or {}))
+    run.raise_for_failure()
+    return ClusterInfo.from_stats(run.stats)
+
+
+def worker_check(
+    inventory: InventorySpec, require: Sequence[str] = (), extravars: Mapping[str, Any] | None = None
+) -> CheckResult:
+    """Run ``playbooks/check.yml`` (read-only) and compare every worker host's runtime with this
+    Python's; each host that does not answer is a problem too."""
+    require = [str(r) for r in require]
+    run = runner.run_playbook(
+        "check.yml", normalize(inventory), {**dict(extravars or {}), "hyperopt_worker_require": require}
+    )
+    published = run.stats.get(CHECK_STATS_KEY)
+    if not isinstance(published, Mapping):
+        run.raise_for_failure()
+        raise PlaybookError(f"check.yml published no '{CHECK_STATS_KEY}' result")
+    hosts = published.get("hosts") or {}
+    lost = {f.host: f for f in run.failures if f.host not in hosts}
+    result = compare(hosts, require)
+    problems = list(result.problems) + [str(f) for f in lost.values()]
+    for host in lost:
+        result.hosts[host] = HostCheck(host, None, {}, error=str(lost[host]))
+    if not run.ok and not problems:
+        run.raise_for_failure()
+    return dataclasses.replace(result, problems=problems)
+
+
+def default_pip_packages() -> list[str]:
+    """``hyperopt_worker_pip_packages`` of the worker role's defaults (hyperopt, pymongo)."""
+    import yaml  # control side: comes with ansible-core
+
+    path = runner.ansible_dir() / "roles" / "hyperopt_worker" / "defaults" / "main.yml"
+    return [str(p) for p in yaml.safe_load(path.read_text(encoding="utf-8"))["hyperopt_worker_pip_packages"]]

@@ -244,8 +244,10 @@ class Heartbeat:
         lease: Lease,
         exp_key: str | None = None,
         inventory_host: str | None = None,
+        gpus: str | None = None,
     ) -> None:
         self._connect = connect
+        self.gpus = gpus  # the CUDA_VISIBLE_DEVICES the worker pinned itself to (None: not pinned)
         self.inventory_host = inventory_host
         self.owner = owner
         self.instance = instance
@@ -347,6 +349,7 @@ class Heartbeat:
                     "jobs_done": self.jobs_done,
                     "jobs_failed": self.jobs_failed,
                     "heartbeat_interval": self.lease.heartbeat,
+                    "gpus": self.gpus,
                 },
                 "$currentDate": {"heartbeat": True},
                 "$setOnInsert": {"started": datetime.datetime.now(datetime.UTC).replace(tzinfo=None)},

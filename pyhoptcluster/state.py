@@ -30,6 +30,9 @@ class ClusterInfo:
     auth: bool
     service_manager: str
     workers: dict[str, list[int]] = field(default_factory=dict)
+    # host -> the worker venv's runtime report (pyhoptcluster.check), for hosts whose runtime this run
+    # installed; {} on a warm run
+    worker_checks: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any]) -> ClusterInfo:
@@ -51,6 +54,7 @@ class ClusterInfo:
                 auth=bool(data.get("auth", True)),
                 service_manager=str(data.get("service_manager", "")),
                 workers=workers,
+                worker_checks=dict(data.get("worker_checks") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlaybookError(f"the published '{STATS_KEY}' result is malformed: {exc!r}") from exc

@@ -50,6 +50,7 @@ class WorkerStatus:
     trials_done: int = 0
     trials_failed: int = 0
     last_heartbeat_s: float | None = None  # seconds ago
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES of the worker (hyperopt_worker_gpus), None: not pinned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,7 @@ def _worker(
         trials_done=int(newest.get("jobs_done") or 0),
         trials_failed=int(newest.get("jobs_failed") or 0),
         last_heartbeat_s=beat_age,
+        gpus=newest.get("gpus"),
     )
 
 
@@ -198,3 +200,9 @@ def read_status(
         for i in sorted(ids)
     ]
     return ClusterStatus(server, workers, _experiments(db, now))
+
+
+def read_experiments(client: pymongo.MongoClient, dbname: str) -> list[ExperimentStatus]:
+    """Every experiment of the database (exp_key, trials by state, stale, best loss, trials/min)."""
+    db = client[dbname]
+    return _experiments(db, liveness.server_now(db))

@@ -242,3 +242,72 @@ def check_placement(
             f"{'; '.join(where)}, {room} in all; {hints}"
         )
     return hosts, n, cap, weight
+
+
+# -- GPU pinning (hyperopt_worker_gpus, HYPEROPT_WORKER_GPUS) ------------------------------------------
+
+# A device as CUDA_VISIBLE_DEVICES takes it: an index (0, 1, ...) or a UUID such as GPU-8f0e... / MIG-...
+_GPU_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/")
+
+
+def _gpu_id(item: object, name: str) -> str:
+    if isinstance(item, bool):
+        raise ValueError(f"{name}: a device must be an index >= 0 or a device UUID, got {_show(item)}")
+    if isinstance(item, int):
+        if item < 0:
+            raise ValueError(f"{name}: a device index must be >= 0, got {_show(item)}")
+        return str(item)
+    text = item.strip() if isinstance(item, str) else ""
+    if not text or not text[0].isalnum() or not set(text) <= _GPU_ID_CHARS:
+        raise ValueError(
+            f"{name}: a device must be an index >= 0 or a device UUID (letters, digits, '-'), "
+            f"got {_show(item)}"
+        )
+    return text
+
+
+def check_gpus(value: object, name: str = "hyperopt_worker_gpus", *, text: bool = False) -> list[str]:
+    """The GPUs of a worker host, as the CUDA_VISIBLE_DEVICES ids its instances are pinned to round
+    robin: a count ``N`` (devices 0..N-1), a list of device ids (indexes or UUIDs), or none (``None``,
+    0, ``[]``: no pinning). With ``text`` a string is a count ("2") or a comma list ("0,2", "3,")."""
+    if _unset(value):
+        return []
+    if isinstance(value, str):
+        if not text:
+            raise ValueError(f"{name} must be a count of GPUs or a list of device ids, got {_show(value)}")
+        stripped = value.strip()
+        if "," not in stripped:
+            value = int(stripped) if stripped.isdigit() else [stripped]
+        else:
+            value = [part for part in stripped.split(",") if part.strip()]
+    if isinstance(value, bool) or not isinstance(value, int | Sequence):
+        raise ValueError(f"{name} must be a count of GPUs or a list of device ids, got {_show(value)}")
+    if isinstance(value, int):
+        if value < 0 or value > MAX_WORKERS_PER_HOST:
+            raise ValueError(f"{name}: a count of GPUs must be from 0 to {MAX_WORKERS_PER_HOST}, got {value}")
+        return [str(i) for i in range(value)]
+    devices = [_gpu_id(item, name) for item in value]
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"{name}: a device is listed twice: {_show(value)}")
+    return devices
+
+
+def gpu_config_value(value: object, name: str = "hyperopt_worker_gpus") -> str:
+    """The HYPEROPT_WORKER_GPUS line's value for a role variable: the device ids joined by commas,
+    with a trailing comma for a single device ("3,"), so it never reads back as a count."""
+    devices = check_gpus(value, name, text=True)
+    return ",".join(devices) + ("," if len(devices) == 1 else "")
+
+
+def gpu_of_instance(devices: Sequence[str], host_instances: Sequence[str], instance: str) -> str | None:
+    """The device of ``instance``: the k-th instance placed on its host (``host_instances``, in
+    placement order) gets ``devices[k % len(devices)]``; an instance not in the list (started by
+    hand) counts by its id. None without devices."""
+    if not devices:
+        return None
+    ids = [str(i) for i in host_instances]
+    if str(instance) in ids:
+        k = ids.index(str(instance))
+    else:
+        k = int(instance) - 1 if str(instance).isdigit() and int(instance) > 0 else 0
+    return devices[k % len(devices)]

@@ -32,6 +32,11 @@ mode 0600); without ``--config`` the same keys are read from the environment:
 ``HYPEROPT_WORKER_STOP_TIMEOUT``            seconds the worker has to stop after SIGTERM, as its
                                             service manager grants it (default 15); a job child
                                             gets 5 s less, so its job is handed back in time
+``HYPEROPT_WORKER_GPUS``                    the host's GPUs, comma-separated device ids ("0,1";
+                                            a count "2" means 0,1): the worker sets
+                                            ``CUDA_VISIBLE_DEVICES`` to one of them at start
+``HYPEROPT_WORKER_HOST_INSTANCES``          the instance ids placed on this host, in placement
+                                            order: the k-th gets GPU k mod len(GPUS)
 ==========================================  ==================================================
 
 How it works: one process with one connection reserves a job with ``find_one_and_update``
@@ -123,7 +128,13 @@ class Worker:
             ChildJobRunner(self.runner, log_level, instance) if config.isolation == "subprocess" else None
         )
         self.heartbeat = liveness.Heartbeat(
-            lambda: connect(config), self.owner, instance, config.lease, config.exp_key, config.inventory_host
+            lambda: connect(config),
+            self.owner,
+            instance,
+            config.lease,
+            config.exp_key,
+            config.inventory_host,
+            gpus=config.gpu_for(instance),
         )
         self.mj: mongoexp.MongoJobs | None = None
         # idle: wait on a change stream of queued jobs (push), else poll (pyhoptcluster.wakeup)
@@ -300,6 +311,16 @@ class Worker:
             log.info("put %d running job(s) back to NEW", released)
 
 
+def pin_gpu(config: WorkerConfig, instance: str) -> str | None:
+    """Pin this worker to its GPU (``CUDA_VISIBLE_DEVICES``), before any objective, fork server or job
+    child exists, so all of them see only that device. Without ``GPUS`` the environment is left alone."""
+    device = config.gpu_for(instance)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        log.info("pinned to GPU %s (CUDA_VISIBLE_DEVICES) of %s", device, ",".join(config.gpus))
+    return device
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -337,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(PREFIX + "MONGO_URL", None)  # not for the objective's or its children's eyes
     setup_logging(level, [config.password or ""], args.instance)
     quiet_stock_url_logging(level)
+    pin_gpu(config, args.instance)
     worker = Worker(config, instance=args.instance, log_level=level)
     worker.install_signal_handlers()
     return worker.run()

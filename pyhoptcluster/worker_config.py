@@ -39,6 +39,8 @@ KEYS = {
     "MAX_JOBS",
     "STOP_TIMEOUT",
     "INVENTORY_HOST",
+    "GPUS",
+    "HOST_INSTANCES",
 }
 # Seconds a job child gets to end after SIGTERM (STOP_TIMEOUT) are the worker's own stop timeout less
 # this margin, in which the worker hands the job back before its service manager kills it.
@@ -68,6 +70,8 @@ class WorkerConfig:
     max_jobs: int = 0  # 0 = no limit
     stop_timeout: float = 15.0
     inventory_host: str | None = None  # the host's name in the Ansible inventory (worker records)
+    gpus: tuple[str, ...] = ()  # the host's GPUs (HYPEROPT_WORKER_GPUS); instances pinned round robin
+    host_instances: tuple[str, ...] = ()  # the instance ids placed on this host, in placement order
     # parsed from mongo_url
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
@@ -82,6 +86,10 @@ class WorkerConfig:
     @property
     def lease(self) -> liveness.Lease:
         return liveness.Lease(self.heartbeat, self.heartbeat_grace, self.max_attempts)
+
+    def gpu_for(self, instance: str) -> str | None:
+        """The CUDA_VISIBLE_DEVICES value of ``instance`` (None: no pinning)."""
+        return validation.gpu_of_instance(self.gpus, self.host_instances, instance)
 
     @property
     def child_stop_timeout(self) -> float:
@@ -223,7 +231,12 @@ def config_from_mapping(values: Mapping[str, str], source: str = "environment") 
             f"{source}: {PREFIX}STOP_TIMEOUT must be a number of seconds >= 1, got {stop_timeout!r}"
         )
 
+    gpus = tuple(rule(validation.check_gpus, get("GPUS"), f"{PREFIX}GPUS"))
+    host_instances = tuple(i.strip() for i in (get("HOST_INSTANCES") or "").split(",") if i.strip())
+
     return WorkerConfig(
+        gpus=gpus,
+        host_instances=host_instances,
         heartbeat=heartbeat,
         heartbeat_grace=grace,
         max_attempts=max_attempts,

@@ -19,6 +19,7 @@ _RULES = {
     "hyperopt_mongodb_port": ("check_ports", {"text": True}),
     "hyperopt_worker_count": ("check_worker_count", {"text": True}),
     "hyperopt_worker_poll_interval": ("check_poll_interval", {"text": True}),
+    "hyperopt_worker_gpus": ("check_gpus", {"text": True}),
 }
 # limits where 0 means none: name -> whether it is an integer
 _LIMITS = {"hyperopt_worker_trial_timeout": False, "hyperopt_worker_max_jobs": True}
@@ -69,6 +70,17 @@ def input_problems(variables, host=None, hosts=None, caps=None, weights=None):
     return problems
 
 
+def gpu_devices(value):
+    """The HYPEROPT_WORKER_GPUS value of a hyperopt_worker_gpus setting (a count or a list of device
+    ids): the device ids joined by commas ('' for none), by pyhoptcluster's one rule for it."""
+    try:
+        return rules.load().gpu_config_value(value)
+    except ImportError as exc:
+        raise AnsibleFilterError("gpu_devices: %s" % exc) from None
+    except ValueError as exc:
+        raise AnsibleFilterError("ValueError: %s" % exc) from None
+
+
 class FilterModule(object):
     def filters(self):
-        return {"input_problems": input_problems}
+        return {"input_problems": input_problems, "gpu_devices": gpu_devices}
