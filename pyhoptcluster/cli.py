@@ -1,4 +1,4 @@
-"""``pyhoptcluster up|down``: the facade from a shell."""
+"""``pyhoptcluster up|down|report|dashboard``: the facade from a shell."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from .cluster import HyperoptCluster
 from .errors import PyhoptclusterError
+from .report import commands as report_commands
 from .state import JOBS_COLLECTION
 
 
@@ -30,12 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--dbname", default="hyperopt", help="experiment database (default: hyperopt)")
     up.add_argument("--dbpath", default=None, help="server data directory on the control node")
     up.add_argument("--show-password", action="store_true", help="print the URLs with the password")
+    report_commands.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in report_commands.COMMANDS:
+            return report_commands.run(args)
         if args.command == "down":
             cluster = HyperoptCluster(args.inventory)
             cluster.cleanup()
@@ -52,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for host, ids in info.workers.items():
             print(f"workers on {host}: {', '.join(map(str, ids)) or '-'}")
         return 0
-    except (PyhoptclusterError, ValueError, PermissionError) as exc:
+    except (PyhoptclusterError, ValueError, PermissionError, ImportError, RuntimeError) as exc:
         print(f"pyhoptcluster: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

@@ -104,6 +104,55 @@ class HyperoptCluster:
     ) -> None:
         self.cleanup()
 
+    # -- seeing an experiment (pyhoptcluster[report]) ----------------------------------------------
+    def attach(self, debug: bool = False) -> ClusterInfo:
+        """The server's address without starting anything: the running cluster's (after ``start()``),
+        else what the server role recorded on the control node at its last start. The server may be
+        stopped (:meth:`report` then says what to do)."""
+        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
+        if info is not None:
+            return info
+        if not isinstance(self._master, LocalMongoLauncher):
+            raise ClusterNotStartedError("call start() or start_master() first (custom master launcher)")
+        return self._master.attach(debug=debug)
+
+    def report(
+        self,
+        exp_key: str,
+        path: str | Path,
+        png_dir: str | Path | None = None,
+        start_server: bool = False,
+    ) -> Path:
+        """Write the HTML report of experiment ``exp_key`` to ``path`` (one self-contained file;
+        ``png_dir``: also one PNG per figure). Needs ``pip install 'pyhoptcluster[report]'``.
+
+        A stopped server raises ``ClusterNotStartedError`` saying what to do; with
+        ``start_server=True`` the server alone is started for the report (no workers) and stopped
+        again afterwards if it was not running before."""
+        from .report import ServerNotRunningError, Source, write_report
+
+        inv = self._inventory if isinstance(self._inventory, str | Path) else "INVENTORY"
+        hint = (
+            f"the cluster is stopped: run `pyhoptcluster up -i {inv}` first, or make the report with "
+            "--start-server (report(..., start_server=True)): it starts the server alone, then stops it"
+        )
+        info = self.attach()
+        started_here = False
+        try:
+            with Source.from_info(info, hint=hint) as source:
+                try:
+                    source.check()
+                except ServerNotRunningError:
+                    if not start_server:
+                        raise
+                    self.start_master(info.server_port, timeout=30)
+                    started_here = True
+            with Source.from_info(self.info if started_here else info, hint=hint) as source:
+                return write_report(source, exp_key, path, png_dir).path
+        finally:
+            if started_here:
+                self._master.cleanup()
+
     # -- what the playbooks published --------------------------------------------------------------
     @property
     def info(self) -> ClusterInfo:

@@ -122,6 +122,11 @@ class LocalMongoLauncher(_PlaybookLauncher, MasterLauncher):
             return []
         return [p for p in ports if p != info.server_port]
 
+    def attach(self, debug: bool = False) -> ClusterInfo:
+        """Read the server's address from the control node (``playbooks/publish.yml`` loads the
+        ``server.json`` the role wrote at its last start). Starts nothing; the server may be stopped."""
+        return self._publish(self._run("publish.yml", None, {}, debug))
+
     def get_mongod_start_cmd(self) -> str:
         """The command that starts (or re-converges) the server the way ``start()`` does."""
         return self._command("site.yml", MASTER_TAG, {})

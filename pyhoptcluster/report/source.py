@@ -89,11 +89,13 @@ class Source:
     def from_url(cls, url: str, password_file: str | None = None, hint: str = "") -> Source:
         """``mongo://[user[:pw]@]host[:port]/db/jobs``; a user without a password in the URL reads it
         from ``password_file`` (a password on a command line is visible in ``ps``: prefer the file)."""
-        protocol, user, pw, host, port, db, coll, authdb = parse_url(url, password_file)
+        protocol, user, pw, host, port, db, coll, authdb = parse_url(url)
         if protocol != "mongo":
             raise ValueError(f"only mongo:// URLs are supported here, not {protocol}://")
-        if isinstance(pw, str):
-            pw = pw.strip()
+        if user and pw is None and password_file:
+            # (not stock parse_url's pwfile, which drops the last character even without a newline)
+            with open(password_file, encoding="utf-8") as f:
+                pw = f.read().rstrip("\r\n")
         return cls(host, port, db, coll, user, pw, auth_source(user, db, authdb), hint=hint)
 
     @classmethod

@@ -90,4 +90,4 @@ def distinct_colours(png: bytes) -> int:
     from PIL import Image
 
     image = Image.open(io.BytesIO(png)).convert("RGB").resize((320, 600))
-    return len(set(image.getdata()))
+    return len(image.getcolors(maxcolors=320 * 600) or ())

@@ -34,8 +34,11 @@ SPACE = {
 CHOICES = ("linear", "rbf", "poly")
 
 
-def start_workers(pool: Workers, tmp: Path, url: str, exp_key: str, n: int, mark: Path | None) -> list:
+def start_workers(
+    pool: Workers, tmp: Path, url: str, exp_key: str, n: int, mark: Path | None, sleep: float = 0.0
+) -> list:
     env = {"PYHOPTCLUSTER_TEST_MARK": str(mark)} if mark else {}
+    env["PYHOPTCLUSTER_TEST_SLEEP"] = str(sleep)
     procs = []
     for i in range(1, n + 1):
         config = write_config(
