@@ -307,3 +307,29 @@ def _error_count(driver) -> int:
     )
     words = [part.split() for part in text.split(",")]
     return sum(int(w[0]) for w in words if len(w) == 2 and w[1] in ("error", "failed"))
+
+
+def test_report_with_start_server_starts_the_stopped_server_alone_and_stops_it_again(tmp_path):
+    inv = make_local_inventory(tmp_path)
+    port = free_port()
+    inv.state_dir.mkdir(parents=True)
+    info = {
+        "host": "127.0.0.1",
+        "port": port,
+        "dbname": "hyperopt",
+        "username": "pyhoptcluster",
+        "password_file": str(inv.state_dir / "mongodb.password"),
+        "auth": True,
+        "service_manager": "daemon",
+    }
+    (inv.state_dir / "server.json").write_text(json.dumps(info))  # as a stopped cluster leaves them
+    (inv.state_dir / "mongodb.password").write_text("a-password-the-role-keeps\n")
+    (inv.state_dir / "mongodb.password").chmod(0o600)
+    proc = cli(
+        "report", "-i", str(inv.path), "--exp-key", "x", "-o", str(tmp_path / "x.html"), "--start-server"
+    )
+    # the role started a server with auth on that port (the experiment is not there: a fresh database)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no trials with exp_key 'x' in mongo://pyhoptcluster@127.0.0.1" in proc.stderr
+    assert inv.pids() == {}, "the server started for the report was not stopped again"
+    assert not list(inv.worker_state_dir.rglob("*.pid"))  # no worker was started
