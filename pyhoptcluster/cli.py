@@ -1,4 +1,4 @@
-"""``pyhoptcluster up|down|check|experiments|delete``: the facade from a shell."""
+"""``pyhoptcluster up|down|check|experiments|delete|report|dashboard``: the facade from a shell."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pymongo.errors
 from .cluster import HyperoptCluster
 from .errors import PyhoptclusterError
 from .experiments import table as experiment_table
+from .report import commands as report_commands
 from .state import JOBS_COLLECTION
 
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--dbpath", default=None, help="server data directory on the control node")
     up.add_argument("--show-password", action="store_true", help="print the URLs with the password")
     _add_operations(sub)
+    report_commands.add_parsers(sub)
     return parser
 
 
@@ -93,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("check", "experiments", "delete"):
             return _operation(args)
+        if args.command in report_commands.COMMANDS:
+            return report_commands.run(args)
         if args.command == "down":
             cluster = HyperoptCluster(args.inventory, progress=not args.quiet)
             cluster.cleanup()
@@ -111,7 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for host, ids in info.workers.items():
             print(f"workers on {host}: {', '.join(map(str, ids)) or '-'}")
         return 0
-    except (PyhoptclusterError, ValueError, PermissionError, pymongo.errors.PyMongoError) as exc:
+    except (
+        PyhoptclusterError,
+        ValueError,
+        PermissionError,
+        ImportError,
+        RuntimeError,
+        pymongo.errors.PyMongoError,
+    ) as exc:
         print(f"pyhoptcluster: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

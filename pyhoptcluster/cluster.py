@@ -140,27 +140,18 @@ class HyperoptCluster:
         ``WorkerCheckError`` naming each problem by host."""
         return worker_check(self._inventory, require, getattr(self._workers, "_extravars", None))
 
-    def _connection(self) -> ClusterInfo:
-        """The started cluster's info, else the running one's read from the control node (read-only)."""
-        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
-        if info is None:
-            if self._read_info is None:
-                self._read_info = read_info(self._inventory, getattr(self._master, "_extravars", None))
-            info = self._read_info
-        return info
-
     def experiments(self) -> list[_experiments.ExperimentStatus]:
         """Every experiment in the database: exp_key, trials by state, stale, best loss, trials/min."""
-        return _experiments.list_experiments(self._connection())
+        return _experiments.list_experiments(self.attach())
 
     def count_trials(self, exp_key: str) -> int:
         """How many trials (any state) experiment ``exp_key`` has."""
-        return _experiments.count_trials(self._connection(), exp_key)
+        return _experiments.count_trials(self.attach(), exp_key)
 
     def delete_experiment(self, exp_key: str) -> int:
         """Delete every trial of ``exp_key`` and its attachments (hyperopt's ``MongoTrials.delete_all``);
         returns the number of trials deleted."""
-        return _experiments.delete_experiment(self._connection(), exp_key)
+        return _experiments.delete_experiment(self.attach(), exp_key)
 
     def __enter__(self) -> HyperoptCluster:
         return self
@@ -172,6 +163,60 @@ class HyperoptCluster:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+    # -- seeing an experiment (pyhoptcluster[report]) ----------------------------------------------
+    def attach(self, debug: bool = False) -> ClusterInfo:
+        """The running cluster's connection facts without starting or changing anything: what this
+        object's last ``start()`` published, else what the server role recorded on the control node
+        at its last start (``playbooks/info.yml``, read-only; cached). So a fresh
+        ``HyperoptCluster(inventory)`` — a restarted notebook kernel — has ``mongo_trial_url`` of the
+        running cluster. The server may be stopped (:meth:`report` then says what to do);
+        ``ClusterNotStartedError`` when it was never started with this inventory."""
+        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
+        if info is not None:
+            return info
+        if not isinstance(self._master, LocalMongoLauncher):
+            raise ClusterNotStartedError("call start() or start_master() first (custom master launcher)")
+        if self._read_info is None:
+            self._read_info = read_info(self._inventory, getattr(self._master, "_extravars", None))
+        return self._read_info
+
+    def report(
+        self,
+        exp_key: str,
+        path: str | Path,
+        png_dir: str | Path | None = None,
+        start_server: bool = False,
+    ) -> Path:
+        """Write the HTML report of experiment ``exp_key`` to ``path`` (one self-contained file;
+        ``png_dir``: also one PNG per figure). Needs ``pip install 'pyhoptcluster[report]'``.
+
+        A stopped server raises ``ClusterNotStartedError`` saying what to do; with
+        ``start_server=True`` the server alone is started for the report (no workers) and stopped
+        again afterwards if it was not running before."""
+        from .report import ServerNotRunningError, Source, write_report
+
+        inv = self._inventory if isinstance(self._inventory, str | Path) else "INVENTORY"
+        hint = (
+            f"the cluster is stopped: run `pyhoptcluster up -i {inv}` first, or make the report with "
+            "--start-server (report(..., start_server=True)): it starts the server alone, then stops it"
+        )
+        info = self.attach()
+        started_here = False
+        try:
+            with Source.from_info(info, hint=hint) as source:
+                try:
+                    source.check()
+                except ServerNotRunningError:
+                    if not start_server:
+                        raise
+                    self.start_master(info.server_port, timeout=30)
+                    started_here = True
+            with Source.from_info(self.info if started_here else info, hint=hint) as source:
+                return write_report(source, exp_key, path, png_dir).path
+        finally:
+            if started_here:
+                self._master.cleanup()
 
     # -- what the playbooks published --------------------------------------------------------------
     @property
@@ -188,13 +233,15 @@ class HyperoptCluster:
 
     @property
     def mongo_url(self) -> str:
-        """``mongo://user:password@host:port/dbname`` (the password is needed by MongoTrials)."""
-        return self.info.mongo_url()
+        """``mongo://user:password@host:port/dbname`` (the password is needed by MongoTrials); of the
+        running cluster even when this object did not start it (:meth:`attach`)."""
+        return self.attach().mongo_url()
 
     @property
     def mongo_trial_url(self) -> str:
-        """``mongo://user:password@host:port/dbname/jobs``: pass it to ``MongoTrials``."""
-        return self.info.mongo_url(collection=JOBS_COLLECTION)
+        """``mongo://user:password@host:port/dbname/jobs``: pass it to ``MongoTrials`` (attaches to the
+        running cluster when this object did not start it)."""
+        return self.attach().mongo_url(collection=JOBS_COLLECTION)
 
     @property
     def workers_per_host(self) -> dict[str, list[int]]:
