@@ -1,8 +1,9 @@
-"""``pyhoptcluster up|down|check|experiments|delete|report|dashboard``: the facade from a shell."""
+"""``pyhoptcluster up|down|status|check|experiments|delete|report|dashboard``: the facade from a shell."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -10,6 +11,7 @@ import pymongo.errors
 
 from .cluster import HyperoptCluster
 from .errors import PyhoptclusterError
+from .experiments import status_text
 from .experiments import table as experiment_table
 from .report import commands as report_commands
 from .state import JOBS_COLLECTION
@@ -51,11 +53,13 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
         metavar="PKG",
         help="packages (import names) every worker must import",
     )
+    status = sub.add_parser("status", help="the server, every worker and every experiment, from the database")
+    status.add_argument("--json", action="store_true", help="one JSON object: server, workers, experiments")
     exps = sub.add_parser("experiments", help="list the experiments: trials by state, best loss")
     delete = sub.add_parser("delete", help="delete one experiment's trials and attachments")
     delete.add_argument("--exp-key", required=True, help="the experiment to delete")
     delete.add_argument("--yes", action="store_true", help="do not ask")
-    for cmd in (check, exps, delete):
+    for cmd in (check, status, exps, delete):
         cmd.add_argument("-i", "--inventory", required=True, help="Ansible inventory file or directory")
 
 
@@ -65,6 +69,10 @@ def _operation(args: argparse.Namespace) -> int:
         result = cluster.check(require=args.require)
         print(result.table())
         return 0 if result.ok else 1
+    if args.command == "status":
+        result = cluster.status()
+        print(json.dumps(result.to_dict(), indent=2) if args.json else status_text(result))
+        return 0 if result.server.up else 1
     if args.command == "experiments":
         found = cluster.experiments()
         print(experiment_table(found) if found else "no experiments")
@@ -93,7 +101,7 @@ def _operation(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("check", "experiments", "delete"):
+        if args.command in ("check", "status", "experiments", "delete"):
             return _operation(args)
         if args.command in report_commands.COMMANDS:
             return report_commands.run(args)

@@ -25,6 +25,7 @@ from .launchers import (
     worker_check,
 )
 from .state import JOBS_COLLECTION, ClusterInfo
+from .status import ClusterStatus
 from .validation import check_dbname, check_poll_interval, check_worker_count
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -139,6 +140,13 @@ class HyperoptCluster:
         venvs. Read-only (``playbooks/check.yml``); ``result.raise_for_problems()`` raises
         ``WorkerCheckError`` naming each problem by host."""
         return worker_check(self._inventory, require, getattr(self._workers, "_extravars", None))
+
+    def status(self) -> ClusterStatus:
+        """What runs, read from the database (no ssh round per question): the server (address, up,
+        version, uptime, data size), every placed worker (state, pid, uptime, restarts, current trial,
+        trials done, last heartbeat, GPU) and every experiment (trials by state, stale, best loss,
+        trials/min). Attaches to a running cluster this object did not start."""
+        return _experiments.cluster_status(self.attach())
 
     def experiments(self) -> list[_experiments.ExperimentStatus]:
         """Every experiment in the database: exp_key, trials by state, stale, best loss, trials/min."""

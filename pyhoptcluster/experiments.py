@@ -1,4 +1,5 @@
-"""Experiments in the cluster's database: list them, delete one (``pyhoptcluster experiments`` and
+"""The cluster's database seen from the control node: its status (``pyhoptcluster status``,
+``HyperoptCluster.status()``), the experiments, and deleting one (``pyhoptcluster experiments`` and
 ``delete``, ``HyperoptCluster.experiments()`` and ``delete_experiment()``), like ``optuna studies``
 and ``delete-study``. The numbers are :mod:`pyhoptcluster.status`'s; deleting is hyperopt's own
 ``MongoTrials.delete_all`` (the jobs, their GridFS attachments and the experiment's attachments, such
@@ -13,13 +14,74 @@ from collections.abc import Sequence
 import pymongo
 
 from .state import JOBS_COLLECTION, ClusterInfo
-from .status import ExperimentStatus, read_experiments
+from .status import ClusterStatus, ExperimentStatus, placed_from_records, read_experiments, read_status
 
 SERVER_TIMEOUT_MS = 10000
 
 
 def _client(info: ClusterInfo) -> pymongo.MongoClient:
     return pymongo.MongoClient(info.pymongo_uri(), serverSelectionTimeoutMS=SERVER_TIMEOUT_MS)
+
+
+def cluster_status(info: ClusterInfo) -> ClusterStatus:
+    """Server, every placed worker (the published placement, else the live records), every experiment."""
+    with _client(info) as client:
+        placement = info.workers or placed_from_records(client, info.dbname)
+        return read_status(client, info.dbname, placement, f"{info.server_host}:{info.server_port}")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+def status_text(status: ClusterStatus) -> str:
+    """The status as a terminal shows it: the server line, a worker table, the experiment table."""
+    srv = status.server
+    if srv.up:
+        size = "-" if srv.data_size is None else f"{srv.data_size / 1e6:.1f} MB"
+        version, uptime = srv.version or "?", _age(srv.uptime_s)
+        head = f"server {srv.address}: up, version {version}, uptime {uptime}, data {size}"
+    else:
+        head = f"server {srv.address}: DOWN ({srv.error})"
+    rows = [
+        [
+            "host",
+            "worker",
+            "state",
+            "pid",
+            "uptime",
+            "restarts",
+            "trial",
+            "done",
+            "failed",
+            "heartbeat",
+            "gpus",
+        ]
+    ]
+    for w in status.workers:
+        rows.append(
+            [
+                w.host,
+                str(w.instance),
+                w.state,
+                str(w.pid or "-"),
+                _age(w.uptime_s),
+                str(w.restarts),
+                "-" if w.current_trial is None else str(w.current_trial),
+                str(w.trials_done),
+                str(w.trials_failed),
+                "-" if w.last_heartbeat_s is None else f"{_age(w.last_heartbeat_s)} ago",
+                w.gpus or "-",
+            ]
+        )
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    workers = "\n".join("  ".join(f"{c:<{n}}" for c, n in zip(r, width, strict=True)).rstrip() for r in rows)
+    exps = table(status.experiments) if status.experiments else "no experiments"
+    return f"{head}\n\n{workers if status.workers else 'no workers placed'}\n\n{exps}"
 
 
 def list_experiments(info: ClusterInfo) -> list[ExperimentStatus]:

@@ -202,6 +202,19 @@ def read_status(
     return ClusterStatus(server, workers, _experiments(db, now))
 
 
+def placed_from_records(client: pymongo.MongoClient, dbname: str) -> dict[str, list[int]]:
+    """host -> instance ids whose newest record is not a clean stop: what runs (or should) now, for a
+    cluster attached to without a placement (the records are all the database knows)."""
+    newest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for rec in client[dbname][liveness.WORKERS_COLLECTION].find(sort=[("started", pymongo.ASCENDING)]):
+        newest[(str(rec.get("inventory_host") or rec.get("host")), str(rec.get("instance")))] = rec
+    placed: dict[str, list[int]] = {}
+    for (host, instance), rec in sorted(newest.items()):
+        if rec.get("state") not in ENDED and instance.isdigit():
+            placed.setdefault(host, []).append(int(instance))
+    return placed
+
+
 def read_experiments(client: pymongo.MongoClient, dbname: str) -> list[ExperimentStatus]:
     """Every experiment of the database (exp_key, trials by state, stale, best loss, trials/min)."""
     db = client[dbname]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyhoptcluster.check import HostCheck, compare
-from pyhoptcluster.trials import _error_text
+from pyhoptcluster.failures import _error_text
 from pyhoptcluster.validation import check_gpus, gpu_config_value, gpu_of_instance
 from pyhoptcluster.worker_config import ConfigError, config_from_mapping
 
