@@ -20,6 +20,7 @@ from pathlib import Path
 import pymongo
 import pytest
 from local_cluster import LocalInventory, free_port, make_local_inventory, wait_gone
+from pymongo.write_concern import WriteConcern
 
 pytestmark = pytest.mark.integration
 
@@ -105,8 +106,10 @@ def test_killed_worker_is_restarted_by_supervisord(cluster: Cluster) -> None:
 
 def test_killed_server_is_restarted_with_its_data(cluster: Cluster) -> None:
     sup = cluster.inv.supervisor
+    # j: a write the server has fsynced (SecantusDB, like mongod, may lose an unjournaled write to kill -9)
     with cluster.client() as client:
-        client.hyperopt.supervision.insert_one({"kept": True})
+        durable = client.hyperopt.get_collection("supervision", write_concern=WriteConcern(j=True))
+        durable.insert_one({"kept": True})
     before = sup.pids()[SERVER]
     os.kill(before, signal.SIGKILL)
     _, _, seconds = sup.wait_for(SERVER, lambda s, p: p not in (None, before))
