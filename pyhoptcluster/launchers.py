@@ -151,7 +151,7 @@ class LocalMongoLauncher(_PlaybookLauncher, MasterLauncher):
 
 
 class RoundRobinLauncher(_PlaybookLauncher, WorkerLauncher):
-    """Workers as ``hyperopt-worker@<n>`` units (or daemons), worker i on hosts[i % len(hosts)],
+    """Workers as ``hyperopt-worker@<n>`` units (or supervisord programs), worker i on hosts[i % len(hosts)],
     via the ``hyperopt_worker`` role."""
 
     def __init__(

@@ -1,8 +1,9 @@
 """Helpers for tests that bring up the local cluster (inventories/local) in a private state dir.
 
 Every cluster gets its own copy of the local inventory whose group_vars point the server's and the
-workers' state dirs into a tmp dir, so tests never touch a user's cluster; the worker venv and the
-SecantusDB venv are shared (installing them is slow and they hold no state).
+workers' state dirs into a tmp dir, so tests never touch a user's cluster: the cluster's supervisord
+lives in <server state dir>/supervisor. The worker venv and the SecantusDB and supervisor venvs are
+shared (installing them is slow and they hold no state).
 """
 
 from __future__ import annotations
@@ -27,11 +28,88 @@ BIN = Path(sys.executable).parent
 SHARED = Path("~/.local/share/pyhoptcluster").expanduser()
 
 
+# supervisor's venv holds no state: every test cluster's supervisord runs from this one.
+SUPERVISOR_VENV = SHARED / "supervisor" / "venv"
+
+
+@dataclass
+class Supervisor:
+    """The supervisord of one test cluster (its own dir, so never a user's or another test's)."""
+
+    dir: Path
+
+    def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        ctl = SUPERVISOR_VENV / "bin" / "supervisorctl"
+        cmd = [str(ctl), "-c", str(self.dir / "supervisord.conf"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> dict[str, tuple[str, int | None]]:
+        """Program -> (state, pid) as ``supervisorctl status`` says ({} when supervisord does not answer)."""
+        if not (self.dir / "supervisor.sock").exists():
+            return {}
+        proc = self.ctl("status")
+        if proc.returncode > 3:
+            return {}
+        result: dict[str, tuple[str, int | None]] = {}
+        for line in proc.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 2:
+                pid = int(fields[3].rstrip(",")) if len(fields) > 3 and fields[2] == "pid" else None
+                result[fields[0]] = (fields[1], pid)
+        return result
+
+    def pids(self) -> dict[str, int]:
+        """Program -> pid of the programs supervisord runs now."""
+        return {name: pid for name, (_, pid) in self.status().items() if pid is not None and _alive(pid)}
+
+    def supervisord_pid(self) -> int | None:
+        """The pid of this dir's supervisord (its pid file, checked against its command line)."""
+        try:
+            pid = int((self.dir / "supervisord.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if "supervisord" in cmdline and str(self.dir) in cmdline and _alive(pid) else None
+
+    def wait_for(
+        self, program: str, predicate: Callable[[str, int | None], bool], timeout: float = 60
+    ) -> tuple[str, int | None, float]:
+        """Poll ``status()`` until ``predicate(state, pid)`` holds for ``program``; (state, pid, seconds)."""
+        start = time.monotonic()
+        state, pid = self.status().get(program, ("", None))
+        while not predicate(state, pid):
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"{program}: still {state} pid {pid} after {timeout} s")
+            time.sleep(0.05)
+            state, pid = self.status().get(program, ("", None))
+        return state, pid, time.monotonic() - start
+
+    def kill(self) -> None:
+        """Teardown: supervisord first (so it restarts nothing), then the process groups of the programs
+        it ran (each program leads its own group)."""
+        programs = list(self.pids().values())
+        daemon = self.supervisord_pid()
+        for pid in [daemon] if daemon else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in programs:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 @dataclass
 class LocalInventory:
     path: Path  # inventory directory
-    state_dir: Path  # server state (password, db, pid, server.json)
+    state_dir: Path  # server state (password, db, server.json; supervisor/ holds the supervisord)
     worker_state_dir: Path
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.state_dir / "supervisor")
 
     def playbook(self, name: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``ansible-playbook playbooks/<name> -i <inventory>`` from the repo root."""
@@ -43,23 +121,11 @@ class LocalInventory:
         return proc
 
     def pids(self) -> dict[str, int]:
-        """Live pids of this cluster's server and workers, from their pid files."""
-        found: dict[str, int] = {}
-        for pidfile in [*self.state_dir.rglob("*.pid"), *self.worker_state_dir.rglob("*.pid")]:
-            try:
-                pid = int(pidfile.read_text().split()[0])
-                os.kill(pid, 0)
-            except (OSError, ValueError, IndexError):
-                continue
-            found[str(pidfile)] = pid
-        return found
+        """Live pids of this cluster's server and workers (program -> pid), as its supervisord says."""
+        return self.supervisor.pids()
 
     def kill_leftovers(self) -> None:
-        for pid in self.pids().values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        self.supervisor.kill()
 
 
 def run_fmin(
@@ -101,6 +167,7 @@ def make_local_inventory(tmp: Path, **group_vars: object) -> LocalInventory:
             # share the (slow to install, stateless) SecantusDB venv with the default location
             "hyperopt_mongodb_pip_venv": str(SHARED / "secantusdb-venv"),
             "hyperopt_worker_state_dir": str(wstate),
+            "hyperopt_supervisor_venv": str(SUPERVISOR_VENV),
             **group_vars,
         }
     )

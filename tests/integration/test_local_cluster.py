@@ -80,9 +80,11 @@ def test_ansible_playbook_way_in_runs_a_distributed_fmin_and_stops_clean(invento
     assert password not in all_cmdlines()
 
     pids = list(inventory.pids().values())
-    assert len(pids) == 3, inventory.pids()  # server + 2 workers
+    assert len(pids) == 3, inventory.pids()  # server + 2 workers, programs of one supervisord
+    supervisord = inventory.supervisor.supervisord_pid()
+    assert supervisord is not None
     inventory.playbook("stop.yml")
-    assert wait_gone(pids) == []
+    assert wait_gone([*pids, supervisord]) == [], "stop leaves no process behind"
     assert port_is_free(port)
 
 
@@ -111,8 +113,8 @@ def test_facade_way_in_runs_a_distributed_fmin_and_cleanup_frees_everything(
         )
         assert sum(1 for t in trials.trials if t["state"] == 2 and "loss" in t["result"]) == 30
         assert polls == [0.2]
-        pids = list(inventory.pids().values())
-        assert len(pids) == 3
+        pids = [*inventory.pids().values(), inventory.supervisor.supervisord_pid()]
+        assert len(pids) == 4 and all(pids)
         assert "***" in repr(cluster) and cluster.info.password() not in repr(cluster)
     assert wait_gone(pids) == []
     assert port_is_free(port)
@@ -199,7 +201,8 @@ def test_cli_up_prints_masked_urls_and_down_stops(inventory: LocalInventory) -> 
     assert password not in up.stdout + up.stderr
     assert "mongo://pyhoptcluster:***@127.0.0.1:" in up.stdout
     assert "workers on localhost: 1" in up.stdout
-    pids = list(inventory.pids().values())
+    pids = [*inventory.pids().values(), inventory.supervisor.supervisord_pid()]
+    assert len(pids) == 3 and all(pids)
     down = subprocess.run(
         [*cli, "down", "-i", str(inventory.path)], capture_output=True, text=True, timeout=600
     )

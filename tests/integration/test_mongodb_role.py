@@ -1,9 +1,10 @@
 """The hyperopt_mongodb role for real: playbooks/master.yml on inventories/local starts a SecantusDB
-server (pip install method, supervised daemon) in a private state dir, and the tests check what the
-role promises: port choice, auth, secrecy of the password, idempotence, failures, stop, check mode.
+server (pip install method, a program of the supervisord in <state dir>/supervisor) in a private state
+dir, and the tests check what the role promises: port choice, auth, secrecy of the password,
+idempotence, failures, stop, check mode.
 
-Every server a test starts is stopped in teardown by the pid files in its state dir (only a pid whose
-command line still names that state dir is signalled).
+Every supervisord a test starts is killed in teardown with its programs, by the pids it reports and its
+pid file (only a supervisord whose command line names that state dir is signalled).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from local_cluster import SUPERVISOR_VENV, Supervisor
 from pymongo.errors import OperationFailure
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,6 @@ SECANTUSD = Path(
     or "~/.local/share/pyhoptcluster/secantusdb-venv/bin/secantusd-py"
 ).expanduser()
 VENV = SECANTUSD.parent.parent
-PIDFILES = ("mongod.pid", "mongod-bootstrap.pid")
 RECAP = re.compile(r"^localhost\s*:.*\bchanged=(\d+)\b.*\bfailed=(\d+)", re.M)
 
 
@@ -77,6 +77,8 @@ def playbook(name: str, state_dir: Path, *extra: str) -> Run:
         f"hyperopt_mongodb_state_dir={state_dir}",
         "-e",
         f"hyperopt_mongodb_pip_venv={VENV}",
+        "-e",
+        f"hyperopt_supervisor_venv={SUPERVISOR_VENV}",
         *extra,
     ]
     env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -86,22 +88,8 @@ def playbook(name: str, state_dir: Path, *extra: str) -> Run:
 
 
 def stop_by_pidfiles(state_dir: Path) -> None:
-    """SIGTERM (then SIGKILL) every server whose pid file is in state_dir and whose command line
-    still names state_dir; never anything else."""
-    for name in PIDFILES:
-        try:
-            pid = int((state_dir / name).read_text().split()[0])
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if str(state_dir) not in cmdline:
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    """Kill the supervisord of state_dir and the programs it runs; never anything else."""
+    Supervisor(state_dir / "supervisor").kill()
 
 
 def alive(pid: int) -> bool:
@@ -114,11 +102,8 @@ def alive(pid: int) -> bool:
 
 
 def running_pid(state_dir: Path) -> int | None:
-    try:
-        pid = int((state_dir / "mongod.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if alive(pid) else None
+    """The server's pid, as the supervisord of state_dir says (None when it runs no server)."""
+    return Supervisor(state_dir / "supervisor").pids().get("hyperopt-mongodb")
 
 
 @pytest.fixture
@@ -236,10 +221,11 @@ def test_drift_is_repaired_on_the_next_run(started: Started) -> None:
     assert running_pid(started.state_dir) == restarted
 
 
-def test_a_dead_server_is_started_again(started: Started) -> None:
+def test_a_stopped_server_is_started_again(started: Started) -> None:
+    # (A server that dies is restarted by supervisord itself: tests/integration/test_supervision.py.)
     pid = running_pid(started.state_dir)
     assert pid is not None
-    os.kill(pid, signal.SIGTERM)
+    Supervisor(started.state_dir / "supervisor").ctl("stop", "hyperopt-mongodb")
     wait_dead(pid)
 
     run = playbook("master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}")
@@ -354,18 +340,22 @@ def test_stop_leaves_no_server_and_frees_the_port_and_start_comes_back(started: 
     assert pid is not None
     password = started.password()
 
+    supervisord = Supervisor(started.state_dir / "supervisor").supervisord_pid()
+    assert supervisord is not None
     stop = playbook("stop.yml", started.state_dir, "--tags", "hyperopt_mongodb")
     assert stop.rc == 0, stop.output
     assert not alive(pid)
     assert running_pid(started.state_dir) is None
+    wait_dead(supervisord)  # nothing else ran in it
     assert port_is_free(started.port)
     assert (started.state_dir / "db").is_dir()
 
     bootstrap_log = started.state_dir / "mongod-bootstrap.log"
-    bootstraps = bootstrap_log.read_text().count("starting hyperopt-mongodb-bootstrap")
+    bootstraps = bootstrap_log.read_text().count("listening on")
     again = playbook("master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}")
     assert again.rc == 0, again.output
     assert started.password() == password
-    assert bootstrap_log.read_text().count("starting hyperopt-mongodb-bootstrap") == bootstraps
+    assert bootstraps == 1
+    assert bootstrap_log.read_text().count("listening on") == bootstraps
     with started.client(username="pyhoptcluster", password=password, authSource="hyperopt") as user:
         assert user.hyperopt.jobs.count_documents({}) >= 0

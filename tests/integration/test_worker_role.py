@@ -1,10 +1,10 @@
-"""playbooks/workers.yml on a local inventory: daemons, secrets, idempotence, scale down, stop.
+"""playbooks/workers.yml on a local inventory: supervisord programs, secrets, idempotence, scale down, stop.
 
 The server is the ``mongo_server_auth`` fixture (a real SecantusDB with auth); the test writes the
 server state the ``hyperopt_mongodb`` role keeps (``server.json``, ``mongodb.password``) into a tmp
 ``hyperopt_mongodb_state_dir``, so workers.yml's first play loads it with ``tasks_from: facts``.
-The tests run in file order and share one module-scoped set-up; every worker started is stopped by
-its pid file at teardown.
+The tests run in file order and share one module-scoped set-up; the workers are programs of the
+supervisord in ``<hyperopt_mongodb_state_dir>/supervisor``, killed with it (by pid) at teardown.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from local_cluster import SUPERVISOR_VENV, Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -73,14 +73,17 @@ class Setup:
         assert run.rc == 0, run.output
         return run
 
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(Path(self.extravars["hyperopt_mongodb_state_dir"]) / "supervisor")
+
     def pids(self) -> dict[int, int]:
-        """Instance id -> pid of the running worker daemons (pid files whose process is alive)."""
+        """Instance id -> pid of the running workers (as supervisord says, and checked by command line)."""
         result = {}
-        for pidfile in sorted(self.state_dir.glob("worker-*.pid")):
-            pid = int(pidfile.read_text())
-            if is_our_worker(pid, self.state_dir):
-                result[int(pidfile.stem.removeprefix("worker-"))] = pid
-        return result
+        for name, pid in self.supervisor.pids().items():
+            if name.startswith("hyperopt-worker-") and is_our_worker(pid, self.state_dir):
+                result[int(name.removeprefix("hyperopt-worker-"))] = pid
+        return dict(sorted(result.items()))
 
 
 def cmdline(pid: int) -> str:
@@ -103,16 +106,6 @@ def all_cmdlines() -> str:
     return "\n".join(cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
 
 
-def stop_by_pidfiles(state_dir: Path) -> None:
-    for pidfile in state_dir.glob("worker-*.pid"):
-        try:
-            pid = int(pidfile.read_text())
-        except (OSError, ValueError):
-            continue
-        if is_our_worker(pid, state_dir):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def setup(mongo_server_auth, tmp_path_factory) -> Setup:
     server = mongo_server_auth
@@ -131,6 +124,7 @@ def setup(mongo_server_auth, tmp_path_factory) -> Setup:
                 "dbname": server.dbname,
                 "username": server.username,
                 "password_file": str(password_file),
+                # the deprecated name of supervisor, as a server.json of an older run has it
                 "service_manager": "daemon",
                 "auth": True,
             }
@@ -163,18 +157,20 @@ def setup(mongo_server_auth, tmp_path_factory) -> Setup:
             "hyperopt_worker_state_dir": str(state_dir),
             "hyperopt_worker_venv": str(tmp / "worker-venv"),
             "hyperopt_worker_wheel_cache_dir": str(tmp / "wheels"),
+            # the deprecated name of supervisor: existing inventories keep working
             "hyperopt_worker_service_manager": "daemon",
+            "hyperopt_supervisor_venv": str(SUPERVISOR_VENV),
             "hyperopt_worker_count": 3,
         },
     )
     try:
         yield s
     finally:
-        stop_by_pidfiles(state_dir)
+        s.supervisor.kill()
         print("\nworkers.yml timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.timings.items()))
 
 
-def test_cold_run_starts_three_worker_daemons(setup):
+def test_cold_run_starts_three_worker_programs(setup):
     run = setup.workers("playbooks/workers.yml", "--diff")
     setup.timings["cold"] = run.seconds
     setup.cold_output = run.output
@@ -268,7 +264,8 @@ def test_stop_leaves_no_worker_process(setup):
     assert run.rc == 0, run.output
     assert setup.pids() == {}
     assert not any(is_our_worker(pid, setup.state_dir) for pid in survivors.values())
-    assert not list(setup.state_dir.glob("worker-*.pid"))
+    assert not list((setup.supervisor.dir / "programs").glob("hyperopt-worker-*.conf"))
+    assert setup.supervisor.supervisord_pid() is None, "nothing else ran in that supervisord"
 
 
 def test_config_change_in_a_configure_only_run_starts_no_worker(setup):

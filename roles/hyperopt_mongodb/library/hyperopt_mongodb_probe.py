@@ -27,12 +27,11 @@ description:
     (stdlib only; runs in check mode too; never reports a change).
   - Paths are expanded the way Ansible's C(path) options expand them (C(~), C($VAR)), so the
     returned paths are the ones the file module would report.
-  - "Reports: the mode and owner of the state dir and the dbpath; what C(/proc/1/comm) names;
-    server.json as the last run wrote it; the SecantusDB versions whose dist-info is in the venv
-    (read from its METADATA, no interpreter started); mode, owner and sha1 of the role's files;
-    the daemon pid files, and whether each names a live process started with the argv recorded
-    next to it (the rules of pyhoptcluster.cluster.daemon); the systemd unit's state; the source
-    address of the route to O(route_to)."
+  - "Reports: the mode and owner of the state dir and the dbpath; server.json as the last run wrote
+    it; the SecantusDB versions whose dist-info is in the venv (read from its METADATA, no
+    interpreter started); mode, owner and sha1 of the role's files; the systemd unit's state; the
+    source address of the route to O(route_to). Whether systemd runs the host and what supervisord
+    runs come from the probe of roles/hyperopt_supervisor, not from here."
   - Files are looked up in the state dir and in the dbpath's parent (the role's state dir is the
     dbpath's parent when the dbpath is the default); results are keyed by the path as
     C(<dir>/<name>), the way the role builds it.
@@ -64,16 +63,16 @@ options:
     type: list
     elements: str
     default: []
-  pidfiles:
-    description: Names of daemon pid files in the state dir to check.
-    type: list
-    elements: str
-    default: []
   service_manager:
-    description: The role's hyperopt_mongodb_service_manager (auto, systemd or daemon); the unit's
-      state is only asked for when it is (or auto resolves to) systemd.
+    description: The role's hyperopt_mongodb_service_manager (auto, systemd, supervisor or daemon); the
+      unit's state is only asked for when it is (or auto resolves to) systemd.
     type: str
     default: auto
+  systemd_booted:
+    description: Whether systemd runs the host (what roles/hyperopt_supervisor's probe found); auto
+      resolves to systemd then, unless server.json names the manager of the last run.
+    type: bool
+    default: false
   unit:
     description: The systemd unit of the server.
     type: str
@@ -103,10 +102,6 @@ dirs:
   description: "For state_dir and dbpath: C(exists), C(isdir), C(mode) (like C(0700)), C(owner), C(uid)."
   returned: always
   type: dict
-pid1:
-  description: The name of PID 1 (C(systemd) when systemd runs the host).
-  returned: always
-  type: str
 previous:
   description: server.json in the state dir, parsed ({} when missing or unreadable).
   returned: always
@@ -125,13 +120,6 @@ secantusdb_versions:
   type: list
 files:
   description: Path -> C(mode), C(owner), C(uid), C(checksum) (sha1) for every asked-for file that exists.
-  returned: always
-  type: dict
-daemons:
-  description: >-
-    Pid file path -> C(state) (C(running): a live process started with C(argv); C(stale): the pid
-    file names no such process; C(unknown): a live process but no record to judge it by), C(pid),
-    C(argv) (as recorded), for every asked-for pid file (or its record) that exists.
   returned: always
   type: dict
 systemd:
@@ -206,72 +194,6 @@ def read_text(path):
         return None
 
 
-# --------------------------------------------------- pid files (pyhoptcluster.cluster.daemon's rules)
-
-
-def proc_stat(pid):
-    text = read_text(f"/proc/{pid}/stat")
-    if text is None:
-        return None
-    rest = text[text.rfind(")") + 2 :].split()
-    try:
-        return rest[0], int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    if not raw:
-        return None
-    parts = raw.split(b"\0")
-    if parts[-1] == b"":
-        parts.pop()
-    return [os.fsdecode(p) for p in parts]
-
-
-def cmdline_matches(cmdline, argv, exe):
-    if not cmdline or not argv:
-        return False
-    extra = len(cmdline) - len(argv)
-    if extra < 0 or extra > 2 or cmdline[extra + 1 :] != list(argv[1:]):
-        return False
-    head = cmdline[extra]
-    return head == argv[0] or (exe is not None and head == exe)
-
-
-def daemon_status(pidfile):
-    """state running/stale/unknown, pid and recorded argv of the daemon behind a pid file."""
-    text = read_text(pidfile)
-    if text is None:
-        return {"state": "none"} if not os.path.exists(pidfile + ".json") else {"state": "stale"}
-    try:
-        pid = int(text.strip())
-    except ValueError:
-        return {"state": "stale"}
-    if pid <= 0:
-        return {"state": "stale"}
-    st = proc_stat(pid)
-    if st is None or st[0] in ("Z", "X"):
-        return {"state": "stale", "pid": pid}
-    try:
-        rec = json.loads(read_text(pidfile + ".json") or "null")
-    except ValueError:
-        rec = None
-    if not isinstance(rec, dict) or rec.get("pid") != pid:
-        # No record: only the daemon module, given the argv, can tell whether the process is ours.
-        return {"state": "unknown", "pid": pid}
-    if rec.get("starttime") is not None and rec["starttime"] != st[1]:
-        return {"state": "stale", "pid": pid}
-    if not cmdline_matches(proc_cmdline(pid), rec.get("argv"), rec.get("exe")):
-        return {"state": "stale", "pid": pid}
-    return {"state": "running", "pid": pid, "argv": rec.get("argv")}
-
-
 # ---------------------------------------------------------------------------------- the rest
 
 
@@ -321,8 +243,8 @@ def main():
             "state_files": {"type": "list", "elements": "str", "default": []},
             "db_files": {"type": "list", "elements": "str", "default": []},
             "files": {"type": "list", "elements": "str", "default": []},
-            "pidfiles": {"type": "list", "elements": "str", "default": []},
             "service_manager": {"type": "str", "default": "auto"},
+            "systemd_booted": {"type": "bool", "default": False},
             "unit": {"type": "str", "default": "hyperopt-mongodb.service"},
             "route_to": {"type": "str", "default": ""},
             "binary": {"type": "str", "default": ""},
@@ -340,9 +262,7 @@ def main():
         "state_dir": state_dir,
         "dbpath": dbpath,
         "dirs": {"hyperopt_mongodb_state_dir": describe_dir(state_dir)},
-        "pid1": (read_text("/proc/1/comm") or "").strip(),
         "files": {},
-        "daemons": {},
         "systemd": {},
     }
     if dbpath:
@@ -365,15 +285,11 @@ def main():
         info = describe_file(path)
         if info is not None:
             result["files"][path] = info
-    for path in (d + "/" + name for d in state_dirs for name in p["pidfiles"]):
-        status = daemon_status(path)
-        if status["state"] != "none":
-            result["daemons"][path] = status
 
     manager = p["service_manager"]
     if manager == "auto":
         manager = result["previous"].get("service_manager") or (
-            "systemd" if result["pid1"] == "systemd" else "daemon"
+            "systemd" if p["systemd_booted"] else "supervisor"
         )
     if manager == "systemd":
         result["systemd"] = systemd_state(p["unit"])
