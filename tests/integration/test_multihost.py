@@ -11,7 +11,6 @@ running is stopped by pid file at teardown. Timings (cold/warm start, cleanup) a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -40,15 +39,10 @@ PORTS = list(range(27301, 27400))
 UNREACHABLE = "{subnet}.99"  # an address on the test bed's bridge with no host behind it
 
 
-def _load_placement():
-    path = REPO / "collections/ansible_collections/pyhoptcluster/cluster/plugins/filter/placement.py"
-    spec = importlib.util.spec_from_file_location("pyhoptcluster_placement_e2e", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-round_robin = _load_placement().round_robin
+# the collection's plugins import its module_utils as ansible_collections.pyhoptcluster.cluster.*
+if str(REPO / "collections") not in sys.path:
+    sys.path.insert(0, str(REPO / "collections"))
+from ansible_collections.pyhoptcluster.cluster.plugins.filter.placement import round_robin  # noqa: E402
 
 
 def objective(x: float) -> float:

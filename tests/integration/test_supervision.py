@@ -78,6 +78,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_one_supervisord_runs_the_server_and_both_workers(cluster: Cluster) -> None:
+    for program in (SERVER, W1, W2):  # a program counts as RUNNING after its startsecs
+        cluster.inv.supervisor.wait_for(program, running, timeout=60)
     status = cluster.inv.supervisor.status()
     assert sorted(status) == [SERVER, W1, W2]
     assert all(running(*s) for s in status.values()), status
@@ -177,6 +179,23 @@ def test_scale_down_and_up_leave_the_other_instances_alone(cluster: Cluster) -> 
     after_up = sup.pids()
     assert after_up[SERVER] == before[SERVER] and after_up[W1] == before[W1]
     assert after_up[W2] not in (None, before[W2])
+
+
+def test_a_run_without_a_count_keeps_the_running_workers(cluster: Cluster) -> None:
+    """`up`, `start()` and site.yml without a count leave a running cluster as it is (it used to scale
+    a 2-worker cluster on one host down to 1)."""
+    before = cluster.inv.pids()
+    assert {SERVER, W1, W2} <= set(before)
+    proc = cluster.inv.playbook("site.yml")
+    assert int(re.search(r"^localhost\s*:.*\bchanged=(\d+)", proc.stdout, re.M).group(1)) == 0
+    assert cluster.inv.pids() == before
+
+    from pyhoptcluster import HyperoptCluster
+
+    facade = HyperoptCluster(str(cluster.inv.path), progress=False)
+    facade.start()
+    assert facade.workers_per_host == {"localhost": [1, 2]}
+    assert cluster.inv.pids() == before
 
 
 def test_stop_leaves_no_supervisord_and_no_program(cluster: Cluster) -> None:
