@@ -1,4 +1,4 @@
-"""``pyhoptcluster up|down|status|check|experiments|delete|report|dashboard``: the facade from a shell."""
+"""The ``pyhoptcluster`` command: the facade from a shell (up, down, scale, status, report, ...)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,16 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
         metavar="PKG",
         help="packages (import names) every worker must import",
     )
+    scale = sub.add_parser("scale", help="run N workers on the running cluster (the others keep running)")
+    scale.add_argument("count", type=int, help="worker count of the whole cluster")
+    scale.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     status = sub.add_parser("status", help="the server, every worker and every experiment, from the database")
     status.add_argument("--json", action="store_true", help="one JSON object: server, workers, experiments")
     exps = sub.add_parser("experiments", help="list the experiments: trials by state, best loss")
     delete = sub.add_parser("delete", help="delete one experiment's trials and attachments")
     delete.add_argument("--exp-key", required=True, help="the experiment to delete")
     delete.add_argument("--yes", action="store_true", help="do not ask")
-    for cmd in (check, status, exps, delete):
+    for cmd in (check, scale, status, exps, delete):
         cmd.add_argument("-i", "--inventory", required=True, help="Ansible inventory file or directory")
 
 
@@ -69,6 +72,11 @@ def _operation(args: argparse.Namespace) -> int:
         result = cluster.check(require=args.require)
         print(result.table())
         return 0 if result.ok else 1
+    if args.command == "scale":
+        placed = HyperoptCluster(args.inventory, progress=not args.quiet).scale(args.count)
+        for host, ids in placed.items():
+            print(f"workers on {host}: {', '.join(map(str, ids)) or '-'}")
+        return 0
     if args.command == "status":
         result = cluster.status()
         print(json.dumps(result.to_dict(), indent=2) if args.json else status_text(result))
@@ -101,7 +109,7 @@ def _operation(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("check", "status", "experiments", "delete"):
+        if args.command in ("check", "scale", "status", "experiments", "delete"):
             return _operation(args)
         if args.command in report_commands.COMMANDS:
             return report_commands.run(args)

@@ -113,6 +113,13 @@ class HyperoptCluster:
             raise ClusterNotStartedError("start the master first: call start() or start_master()")
         self._workers.start(count, self._master.port, debug=debug)
 
+    def scale(self, count: int, debug: bool = False) -> dict[str, list[int]]:
+        """Run ``count`` workers on the running cluster: new instances are added, surplus ones stopped
+        (their running trials handed back); the others keep running untouched. Returns the placement."""
+        check_worker_count(count)
+        self._workers.start(count, None, debug=debug)
+        return self.workers_per_host
+
     def cleanup(self) -> None:
         """Stop every worker, then the server. Data and the generated password are kept."""
         if isinstance(self._master, LocalMongoLauncher) and isinstance(self._workers, RoundRobinLauncher):

@@ -198,6 +198,32 @@ def test_a_run_without_a_count_keeps_the_running_workers(cluster: Cluster) -> No
     assert cluster.inv.pids() == before
 
 
+def test_cli_scale_adds_a_worker_and_scales_back_keeping_the_others(cluster: Cluster) -> None:
+    import subprocess
+
+    from local_cluster import BIN
+
+    before = cluster.inv.pids()
+    up = subprocess.run(
+        [str(BIN / "pyhoptcluster"), "scale", "-q", "-i", str(cluster.inv.path), "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert up.returncode == 0, up.stderr
+    assert "workers on localhost: 1, 2, 3" in up.stdout
+    cluster.inv.supervisor.wait_for("hyperopt-worker-3", running, timeout=60)
+    assert {k: v for k, v in cluster.inv.pids().items() if k != "hyperopt-worker-3"} == before
+    down = subprocess.run(
+        [str(BIN / "pyhoptcluster"), "scale", "-q", "-i", str(cluster.inv.path), "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert down.returncode == 0, down.stderr
+    assert cluster.inv.pids() == before
+
+
 def test_stop_leaves_no_supervisord_and_no_program(cluster: Cluster) -> None:
     sup = cluster.inv.supervisor
     pids = [*sup.pids().values(), sup.supervisord_pid()]
