@@ -285,10 +285,11 @@ class Heartbeat:
         self._wake.set()
         if self._thread is None:
             return
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=3)
         try:
             if self._mj is not None:
-                self._write_record(self._mj)
+                with pymongo.timeout(3):  # part of the worker's shutdown, which has a stop timeout
+                    self._write_record(self._mj)
         except pymongo.errors.PyMongoError:
             pass
         finally:

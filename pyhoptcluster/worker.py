@@ -104,6 +104,8 @@ __all__ = [
 log = logging.getLogger("pyhoptcluster.worker")
 
 EXIT_STOPPED, EXIT_GAVE_UP, EXIT_CONFIG = 0, 1, 2
+# seconds each database call of the shutdown (handing jobs back, the last record) may take
+SHUTDOWN_OP_TIMEOUT = 3.0
 
 
 def _is_auth_error(exc: BaseException) -> bool:
@@ -223,6 +225,8 @@ class Worker:
         consecutive_failures = 0
         idle_logged = False
         while True:
+            if self.stopping:  # the handler's StopRequested was swallowed somewhere (e.g. in a __del__)
+                raise StopRequested(signal.SIGTERM)
             mj = self._ensure_connected()
             try:
                 if maybe_orphaned:
@@ -303,7 +307,9 @@ class Worker:
         if self.mj is None:
             return
         try:
-            released = release_jobs(self.mj, self.owner)
+            # bounded: the whole shutdown must fit in the service manager's stop timeout
+            with pymongo.timeout(SHUTDOWN_OP_TIMEOUT):
+                released = release_jobs(self.mj, self.owner)
         except pymongo.errors.PyMongoError as exc:
             log.error("could not put running jobs of %s back to NEW (%s); they stay RUNNING", self.owner, exc)
             return
