@@ -156,9 +156,12 @@ def children(pid: int) -> list[int]:
 
 
 def stop_leftovers(state_dir: Path) -> None:
-    """Stop by pid file what a failed test may have left: the server and the ssh tunnels."""
-    pidfiles = [(state_dir / "mongod.pid", str(state_dir))]
-    pidfiles += [(p, "ssh -N") for p in (state_dir / "tunnels").glob("tunnel-*.pid")]
+    """Stop what a failed test may have left: the server's supervisord and its programs (by the pids
+    that supervisord reports), and the ssh tunnels (by pid file)."""
+    from local_cluster import Supervisor
+
+    Supervisor(state_dir / "supervisor").kill()
+    pidfiles = [(p, "ssh -N") for p in (state_dir / "tunnels").glob("tunnel-*.pid")]
     for pidfile, needle in pidfiles:
         try:
             pid = int(pidfile.read_text().strip())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from local_cluster import run_fmin
+from local_cluster import Supervisor, run_fmin
 from multihost_env import Multihost, alive_with, children, cmdline, multihost_env
 
 from pyhoptcluster import HyperoptCluster
@@ -240,8 +240,7 @@ def test_host_without_systemd_is_named_when_systemd_is_required(mh, three_runnin
 
 def test_cleanup_stops_every_unit_on_every_host_and_the_server(mh, main):
     main.cluster.start(worker_count=6)
-    pidfile = mh.tmp / "server-main" / "mongod.pid"
-    server_pid = int(pidfile.read_text())
+    server_pid = Supervisor(mh.tmp / "server-main" / "supervisor").pids()["hyperopt-mongodb"]
     _timed(mh, "cleanup(6)", main.cluster.cleanup)
     for ip in mh.ips:
         for unit, (active, enabled, _) in mh.units(ip).items():
