@@ -97,16 +97,15 @@ def retrying(fn: F) -> F:
 def insert_once(collection: Any, doc: dict[str, Any]) -> Any:
     """Insert ``doc`` through an outage without ever inserting it twice; returns its ``_id``."""
     doc.setdefault("_id", ObjectId())
-    tries = 0
 
     def attempt() -> Any:
-        nonlocal tries
-        tries += 1
         try:
             return collection.insert_one(doc).inserted_id
-        except pymongo.errors.DuplicateKeyError:
-            # a try whose reply was lost may have inserted it: then this one is a duplicate of it
-            if tries > 1 and collection.find_one({"_id": doc["_id"]}, projection=["_id"]) is not None:
+        except pymongo.errors.DuplicateKeyError as exc:
+            # The _id is ours and new: a duplicate of it is an earlier try of ours whose reply was lost
+            # (ours, or pymongo's own retryable write inside this try, on a replica set).
+            key = (exc.details or {}).get("keyValue") or {}
+            if "_id" in key and collection.find_one({"_id": doc["_id"]}, projection=["_id"]) is not None:
                 return doc["_id"]
             raise
 

@@ -25,11 +25,11 @@ from pyhoptcluster import HyperoptCluster
 
 pytestmark = pytest.mark.integration
 
-N = 40
+N = 24
 
 
 def objective(x: float) -> float:
-    time.sleep(0.3)
+    time.sleep(1.0)
     return (x - 2.0) ** 2
 
 
@@ -91,6 +91,8 @@ def test_killed_worker_and_killed_server_come_back_and_the_experiment_completes(
     assert sup_status["hyperopt-worker-1"][0] == "RUNNING"
 
     os.kill(old_worker, signal.SIGKILL)
+    # the trial it was running (read after the kill: the dead worker cannot change it any more)
+    job = jobs.find_one({"exp_key": "overnight", "state": JOB_STATE_RUNNING, "owner": job["owner"]}) or job
     new_worker = wait_for(
         lambda: (p := sup.pids().get("hyperopt-worker-1")) and p != old_worker and p,
         60,
