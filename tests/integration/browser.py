@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from worker_procs import wait_for as wait_until  # noqa: F401  (the tests import it from here)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -60,17 +60,6 @@ def chromium(profile: Path) -> Iterator[object]:
 def console_errors(driver) -> list[str]:
     """The page's console messages of level SEVERE (JavaScript errors, failed loads)."""
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-
-
-def wait_until(cond: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def plots_drawn(driver) -> int:
