@@ -92,7 +92,10 @@ def test_bad_poll_interval_raises() -> None:
         HyperoptCluster(["localhost"], worker_poll_intervall=0)
 
 
-def test_properties_before_start_say_what_to_do() -> None:
+def test_properties_before_start_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a home of its own: a cluster started earlier by this user (~/.local/share/pyhoptcluster) would
+    # be attached to, which is the point of mongo_trial_url on a fresh object
+    monkeypatch.setenv("HOME", str(tmp_path))
     cluster = HyperoptCluster(["localhost"])
     assert cluster.master_port is None
     assert "not started" in repr(cluster)
