@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +161,9 @@ def run_playbook(
     }
     private_dir = tempfile.mkdtemp(prefix="pyhoptcluster-run-")
     result = None
+    # ansible-runner turns SIGINT/SIGTERM into "cancel this run" and never puts the caller's handlers
+    # back: without this, Ctrl-C after the first run (a notebook, `logs --follow`) would do nothing.
+    handlers = _signal_handlers()
     try:
         result = ansible_runner.run(
             private_data_dir=private_dir,
@@ -174,6 +179,9 @@ def run_playbook(
             suppress_env_files=True,
             verbosity=1 if debug else 0,
         )
+        _restore(handlers)
+        if result.status == "canceled":  # Ctrl-C (or SIGTERM) while the playbook ran
+            raise KeyboardInterrupt(f"{playbook} was interrupted")
         output_lines = [e["stdout"] for e in events if e.get("stdout")]
         stats: dict[str, Any] = {}
         changed: dict[str, int] = {}
@@ -203,6 +211,20 @@ def run_playbook(
             changed=changed,
         )
     finally:
+        _restore(handlers)
         shutil.rmtree(private_dir, ignore_errors=True)
         if progress is not None:
             progress.close(result is not None and result.status == "successful" and result.rc == 0)
+
+
+def _signal_handlers() -> dict[int, Any] | None:
+    """The SIGINT and SIGTERM handlers now (None off the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict[int, Any] | None) -> None:
+    for sig, handler in (handlers or {}).items():
+        if handler is not None:
+            signal.signal(sig, handler)
