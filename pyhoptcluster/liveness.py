@@ -255,6 +255,9 @@ class Heartbeat:
         self.exp_key = exp_key
         self.job: dict[str, Any] | None = None
         self.lost = threading.Event()  # the current job was taken from us
+        # the control side asked this process to drain (field ``drain`` on its record, seen at a beat):
+        # finish the running job, reserve no other, exit 0 (pyhoptcluster.drain)
+        self.drain = threading.Event()
         self.jobs_done = 0
         self.jobs_failed = 0
         self.state = "idle"
@@ -333,9 +336,10 @@ class Heartbeat:
         sweep(mj.jobs, self.exp_key)
 
     def _write_record(self, mj: Any) -> None:
+        """Write the record; its ``drain`` field comes back in the same round trip."""
         job = self.job
         host = self.owner.rsplit(":", 2)[0] if self.owner.count(":") >= 2 else socket.gethostname()
-        mj.db[WORKERS_COLLECTION].update_one(
+        record = mj.db[WORKERS_COLLECTION].find_one_and_update(
             {"_id": self.owner},
             {
                 "$set": {
@@ -355,5 +359,11 @@ class Heartbeat:
                 "$currentDate": {"heartbeat": True},
                 "$setOnInsert": {"started": datetime.datetime.now(datetime.UTC).replace(tzinfo=None)},
             },
+            projection={"drain": 1},
             upsert=True,
+            return_document=pymongo.ReturnDocument.AFTER,
         )
+        if record and record.get("drain") is not None and not self.drain.is_set():
+            if not self._stop.is_set():  # not at the final write of a worker that stops anyway
+                log.info("drain requested: finishing the running job, then exiting (reserving no other)")
+            self.drain.set()

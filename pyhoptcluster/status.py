@@ -23,8 +23,9 @@ from . import liveness
 STATE_NAMES = {0: "new", 1: "running", 2: "done", 3: "error", 4: "cancelled"}
 # a worker record older than this many heartbeat intervals belongs to a process that is gone
 LOST_AFTER_BEATS = 3
-# record states a worker sets itself: alive (idle/busy) or ended cleanly (stopped/exited)
-ALIVE, ENDED = ("idle", "busy"), ("stopped", "exited")
+# record states a worker sets itself: alive (idle/busy) or ended cleanly (stopped by a signal, exited
+# after MAX_JOBS, drained: ended after a drain request, pyhoptcluster.drain)
+ALIVE, ENDED = ("idle", "busy"), ("stopped", "exited", "drained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ServerStatus:
 class WorkerStatus:
     host: str  # inventory host
     instance: int
-    state: str  # idle, busy, stopped, exited, lost (its process stopped beating), not started
+    state: str  # idle, busy, stopped, exited, drained, lost (its process stopped beating), not started
     pid: int | None = None
     uptime_s: float | None = None
     restarts: int = 0  # processes of this instance that died without a clean stop before this one
@@ -79,6 +80,18 @@ def _age(now: datetime.datetime, then: Any) -> float | None:
     return max(0.0, (now - then.replace(tzinfo=None)).total_seconds())
 
 
+def beat_is_fresh(record: Mapping[str, Any], now: datetime.datetime) -> bool:
+    """The record's process beat within LOST_AFTER_BEATS of its heartbeat intervals (plus 1 s)."""
+    age = _age(now, record.get("heartbeat"))
+    interval = float(record.get("heartbeat_interval") or liveness.HEARTBEAT)
+    return age is not None and age <= LOST_AFTER_BEATS * interval + 1
+
+
+def is_alive(record: Mapping[str, Any], now: datetime.datetime) -> bool:
+    """The record is of a running worker process: state idle/busy and a fresh heartbeat."""
+    return record.get("state") in ALIVE and beat_is_fresh(record, now)
+
+
 def _worker(
     host: str, instance: int, records: Sequence[Mapping[str, Any]], now: datetime.datetime
 ) -> WorkerStatus:
@@ -93,8 +106,7 @@ def _worker(
         restarts += 1
     beat_age = _age(now, newest.get("heartbeat"))
     state = str(newest.get("state") or "unknown")
-    interval = float(newest.get("heartbeat_interval") or liveness.HEARTBEAT)
-    if state in ALIVE and (beat_age is None or beat_age > LOST_AFTER_BEATS * interval + 1):
+    if state in ALIVE and not beat_is_fresh(newest, now):
         state = "lost"
     return WorkerStatus(
         host=host,

@@ -86,14 +86,20 @@ class ChangeWaiter:
             self.push = True
         return True
 
-    def wait(self, timeout: float = SAFETY_EVERY) -> bool:
-        """Block until a matching change (True), or ``timeout`` passed / polling (False)."""
+    def wait(self, timeout: float = SAFETY_EVERY, until: Callable[[], bool] | None = None) -> bool:
+        """Block until a matching change (True), or ``timeout`` passed / polling (False). ``until``:
+        also return (False) once it says True, checked before the poll sleep and between server
+        rounds (each at most ``await_ms``), e.g. a drain request seen by the heartbeat thread."""
+        if until is not None and until():
+            return False
         if self._stream is None and not self.arm():
             time.sleep(self.poll if self.push is False else min(self.poll, timeout))
             return False
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
+                if until is not None and until():
+                    return False
                 if self._stream.try_next() is not None:
                     return True
         except pymongo.errors.PyMongoError as exc:

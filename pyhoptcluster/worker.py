@@ -52,7 +52,11 @@ Signals: SIGTERM or SIGINT stops the worker; a job it was running is put back to
 (owner None) for another worker, and it exits 0. An unreachable or restarting server is retried
 with exponential backoff (0.5 s doubling to 30 s), never a crash loop.
 
-Exit codes: 0 stopped by a signal, or MAX_JOBS done (not restarted); 1 gave up after
+Drain: when the control side sets ``drain`` on the worker's record (``pyhoptcluster drain``), the
+heartbeat sees it at its next beat; the worker finishes the job it runs, reserves no other, writes
+its record with state ``drained`` and exits 0 (see :mod:`pyhoptcluster.liveness`).
+
+Exit codes: 0 stopped by a signal, drained, or MAX_JOBS done (not restarted); 1 gave up after
 MAX_CONSECUTIVE_FAILURES failed jobs; 2 bad configuration (missing/unreadable config file,
 missing key, bad value).
 
@@ -144,6 +148,7 @@ class Worker:
             lambda: self._ensure_connected().jobs, queued(config.exp_key), config.poll_interval
         )
         self.stopping = False
+        self.drained = False
         self.jobs_done = 0
         self.jobs_failed = 0
 
@@ -207,7 +212,7 @@ class Worker:
         self.heartbeat.start()
         try:
             code = self._loop()
-            self.heartbeat.stop("exited")
+            self.heartbeat.stop("drained" if self.drained else "exited")
             return code
         except StopRequested:
             self._shutdown()
@@ -234,6 +239,10 @@ class Worker:
                     if released:
                         log.info("put %d job(s) reserved during a connection failure back to NEW", released)
                     maybe_orphaned = False
+                if self.heartbeat.drain.is_set():  # checked only here: a running job always completes
+                    log.info("drain requested: finished %d jobs, exiting", self.jobs_done + self.jobs_failed)
+                    self.drained = True
+                    return EXIT_STOPPED
                 job = self._reserve(mj)
                 backoff.reset()
             except pymongo.errors.ConnectionFailure as exc:
@@ -256,7 +265,8 @@ class Worker:
                 # open the change stream, then reserve again at once: nothing queued meanwhile is missed
                 if not self.waiter.armed and self.waiter.push is not False and self.waiter.arm():
                     continue
-                self.waiter.wait()  # a job queued (push), or the poll interval (no change streams)
+                # a job queued (push), the poll interval (no change streams), or a drain request
+                self.waiter.wait(until=self.heartbeat.drain.is_set)
                 continue
             idle_logged = False
             self.waiter.close()  # busy: the events until we are idle again do not matter
