@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pymongo.errors
 
 from .cluster import HyperoptCluster
+from .drain import result_lines as drain_lines
 from .errors import PyhoptclusterError
 from .experiments import status_text
 from .experiments import table as experiment_table
@@ -62,7 +63,24 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
     delete = sub.add_parser("delete", help="delete one experiment's trials and attachments")
     delete.add_argument("--exp-key", required=True, help="the experiment to delete")
     delete.add_argument("--yes", action="store_true", help="do not ask")
-    for cmd in (check, scale, status, exps, delete):
+    logs = sub.add_parser("logs", help="the server's and every worker's log lines, merged, oldest first")
+    logs.add_argument("--host", default=None, help="only this inventory host's lines")
+    logs.add_argument("--instance", type=int, default=None, help="only this worker instance's lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
+    logs.add_argument("--since", default=None, help="only lines since: 90s, 10m, 2h, 1d, or 2026-12-03 09:30")
+    logs.add_argument(
+        "-n", "--lines", type=int, default=200, help="at most this many lines per log (default 200)"
+    )
+    drain = sub.add_parser(
+        "drain", help="let workers finish their running trials, take no new one, and exit (not restarted)"
+    )
+    drain.add_argument("--host", default=None, help="only this inventory host's workers (default: all)")
+    drain.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="wait at most S seconds (default: no limit)"
+    )
+    drain.add_argument("--no-wait", action="store_true", help="only ask the workers; do not wait for them")
+    drain.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    for cmd in (check, scale, status, exps, delete, logs, drain):
         cmd.add_argument("-i", "--inventory", required=True, help="Ansible inventory file or directory")
 
 
@@ -81,6 +99,10 @@ def _operation(args: argparse.Namespace) -> int:
         result = cluster.status()
         print(json.dumps(result.to_dict(), indent=2) if args.json else status_text(result))
         return 0 if result.server.up else 1
+    if args.command == "logs":
+        return _logs(cluster, args)
+    if args.command == "drain":
+        return _drain(HyperoptCluster(args.inventory, progress=not (args.quiet or args.no_wait)), args)
     if args.command == "experiments":
         found = cluster.experiments()
         print(experiment_table(found) if found else "no experiments")
@@ -106,10 +128,35 @@ def _operation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(cluster: HyperoptCluster, args: argparse.Namespace) -> int:
+    where = {"host": args.host, "instance": args.instance, "since": args.since, "lines": args.lines}
+    if not args.follow:
+        for line in cluster.logs(**where):
+            print(line)
+        return 0
+    try:
+        for line in cluster.follow_logs(**where):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _drain(cluster: HyperoptCluster, args: argparse.Namespace) -> int:
+    try:
+        result = cluster.drain(host=args.host, timeout=args.timeout, wait=not args.no_wait)
+    except KeyboardInterrupt:
+        print("stopped waiting; the drain stays requested: the workers exit after their trials")
+        return 1
+    for line in drain_lines(result):
+        print(line)
+    return 1 if result.waited and (result.still_running or result.gone) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("check", "scale", "status", "experiments", "delete"):
+        if args.command in ("check", "scale", "status", "experiments", "delete", "logs", "drain"):
             return _operation(args)
         if args.command in report_commands.COMMANDS:
             return report_commands.run(args)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from . import drain as _drain
 from . import experiments as _experiments
+from . import logs as _logs
 from .check import CheckResult, WorkerCheckWarning, compare
 from .errors import ClusterNotStartedError
 from .inventory import InventorySpec
@@ -72,6 +74,7 @@ class HyperoptCluster:
             if hasattr(launcher, "quiet"):
                 launcher.quiet = not progress
         self._read_info: ClusterInfo | None = None
+        self._progress = progress
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(
@@ -141,6 +144,46 @@ class HyperoptCluster:
                 print(_ANSI.sub("", text) if plain else text)
 
     # -- operations ------------------------------------------------------------------------------
+    def logs(
+        self,
+        host: str | None = None,
+        instance: int | None = None,
+        since: str | float | None = None,
+        lines: int = _logs.DEFAULT_LINES,
+    ) -> list[_logs.LogLine]:
+        """The server's and every worker's recent log lines (at most ``lines`` per log), merged
+        oldest first, each tagged with its inventory host and ``server`` / ``worker[N]``; only
+        ``host``'s, only worker ``instance``'s, only those since ``since`` (``"10m"``, ``"2h"``, a
+        date and time, epoch seconds). From the journal on systemd hosts, the log files elsewhere.
+        Read-only (``playbooks/logs.yml``)."""
+        return _logs.read_logs(
+            self._inventory, self._playbook_vars(), host=host, instance=instance, since=since, lines=lines
+        )
+
+    def follow_logs(
+        self,
+        host: str | None = None,
+        instance: int | None = None,
+        since: str | float | None = None,
+        lines: int = _logs.DEFAULT_LINES,
+        interval: float = _logs.FOLLOW_INTERVAL,
+    ) -> Iterator[_logs.LogLine]:
+        """:meth:`logs`, then every new line as it appears (read again every ``interval`` s), until
+        the caller stops iterating (Ctrl-C)."""
+
+        def read(start: float | None) -> list[_logs.LogLine]:
+            return _logs.read_logs(
+                self._inventory, self._playbook_vars(), host=host, instance=instance, since=start, lines=lines
+            )
+
+        return _logs.follow(read, _logs.parse_since(since), interval)
+
+    def _playbook_vars(self) -> dict[str, object]:
+        return {
+            **(getattr(self._master, "_extravars", None) or {}),
+            **(getattr(self._workers, "_extravars", None) or {}),
+        }
+
     def check(self, require: Sequence[str] = ()) -> CheckResult:
         """Python, hyperopt, cloudpickle and pymongo on every worker host against this Python's, and
         every package of ``require`` (import names, e.g. ``["sklearn"]``) importable in the worker
@@ -167,6 +210,15 @@ class HyperoptCluster:
         """Delete every trial of ``exp_key`` and its attachments (hyperopt's ``MongoTrials.delete_all``);
         returns the number of trials deleted."""
         return _experiments.delete_experiment(self.attach(), exp_key)
+
+    def drain(
+        self, host: str | None = None, timeout: float | None = None, wait: bool = True
+    ) -> _drain.DrainResult:
+        """Let the running workers (of inventory host ``host`` only, if given) finish their running
+        trials, reserve no new one and exit 0 (not restarted; ``start()``/``scale()`` start them again).
+        Through the database, no ssh. Waits until each has ended, at most ``timeout`` s (None: no limit;
+        ``wait=False``: only ask). ``ValueError`` for a host that runs no workers of this cluster."""
+        return _drain.drain(self.attach(), host=host, timeout=timeout, wait=wait, progress=self._progress)
 
     def __enter__(self) -> HyperoptCluster:
         return self

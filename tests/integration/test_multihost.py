@@ -117,6 +117,44 @@ def test_fmin_of_60_trials_is_evaluated_on_every_host(mh, main):
     assert owners == set(mh.hostnames.values()), owners
 
 
+def test_status_and_logs_see_every_host_and_a_killed_worker(mh, main):
+    h1, h2, h3 = mh.ips
+    killed_pid = mh.running_on(h1)[4]
+    killed_at = time.time()
+    mh.ssh(h1, f"kill -9 {killed_pid}")  # a crash: systemd restarts the unit (Restart=on-failure)
+    deadline = time.monotonic() + 60
+    while mh.running_on(h1).get(4) in (None, killed_pid):
+        assert time.monotonic() < deadline, "worker 4 on the first host was not restarted"
+        time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while True:  # the new process has written its record (its first beat)
+        status = _timed(mh, "status(6)", main.cluster.status)
+        four = next(w for w in status.workers if (w.host, w.instance) == (h1, 4))
+        if four.pid == mh.running_on(h1)[4] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status.server.up
+    assert sorted((w.host, w.instance) for w in status.workers) == sorted(
+        [(h1, 1), (h1, 4), (h2, 2), (h2, 5), (h3, 3), (h3, 6)]
+    )
+    assert four.pid == mh.running_on(h1)[4] and four.restarts >= 1, four
+    assert all(w.state in ("idle", "busy") for w in status.workers), status.workers
+    assert {e.exp_key: e.trials for e in status.experiments}["multihost-60"] == {"done": 60}
+
+    # one merged view of the journals of every host (systemd units there), tagged host and instance
+    lines = _timed(mh, "logs(6)", main.cluster.logs, lines=100)
+    tags = {(line.host, line.tag) for line in lines}
+    assert {(h, f"worker[{i}]") for h, i in [(h1, 1), (h1, 4), (h2, 2), (h2, 5), (h3, 3), (h3, 6)]} <= tags
+    assert {line.host for line in lines if line.source == "server"} == {"localhost"}  # the control node
+    assert [line.time for line in lines] == sorted(line.time for line in lines)
+    restarted = [
+        line for line in lines if (line.host, line.instance) == (h1, 4) and "starting: owner" in line.text
+    ]
+    assert restarted and restarted[-1].time >= killed_at - 1, restarted
+    only = main.cluster.logs(host=h3, instance=6, since=killed_at - 600)
+    assert only and {(line.host, line.tag) for line in only} == {(h3, "worker[6]")}
+
+
 # -- scaling ---------------------------------------------------------------------------------------
 
 

@@ -1,12 +1,15 @@
 """Operations on a real local cluster of two "hosts" (both on this machine, each with its own worker
 venv and state dir): worker packages from Python, GPU pinning per instance, ``check`` (a missing
-package, a real version difference), fmin's all-failed error, and ``experiments``/``delete``."""
+package, a real version difference), fmin's all-failed error, ``experiments``/``delete`` and ``logs``
+(merged, tagged, filtered, followed)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ import pytest
 import yaml
 from hyperopt import STATUS_OK, fmin, hp, rand
 from hyperopt.mongoexp import MongoTrials
-from local_cluster import BIN, LocalInventory, free_port, make_local_inventory
+from local_cluster import BIN, LocalInventory, Supervisor, free_port, make_local_inventory
 
 from pyhoptcluster import HyperoptCluster, TrialsFailedError
 from pyhoptcluster.check import WorkerCheckWarning
@@ -74,6 +77,9 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalI
             "hyperopt_worker_gpus": [5],
             "hyperopt_worker_venv": str(tmp / "venv-node2"),
             "hyperopt_worker_state_dir": str(inv.worker_state_dir / "node2"),
+            # a supervisord of its own, as on a machine of its own (one shared by two inventory hosts
+            # would see the other host's programs as its own surplus on the next run)
+            "hyperopt_supervisor_dir": str(tmp / "supervisor-node2"),
         },
     }
     (inv.path / "hosts.yml").write_text(yaml.safe_dump(hosts))
@@ -91,6 +97,7 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalI
     finally:
         inv.playbook("stop.yml", check=False)
         inv.kill_leftovers()
+        Supervisor(tmp / "supervisor-node2").kill()
 
 
 def _fmin(cluster: HyperoptCluster, exp_key: str, fn, n: int) -> MongoTrials:
@@ -193,6 +200,115 @@ def test_experiments_lists_and_delete_asks_on_a_terminal(two_hosts) -> None:
     assert cluster.delete_experiment("ops-gpu") == 15
     assert cluster.experiments() == []
     db.client.close()
+
+
+def fails_with_marker(x: float) -> float:
+    raise RuntimeError(f"pyhoptcluster-logs-marker x={x}")
+
+
+def _owner_of_failed(cluster: HyperoptCluster, exp_key: str) -> dict[str, tuple[str, int]]:
+    """marker text -> (inventory host, instance) of the worker that ran the failed trial."""
+    placed = {i: host for host, ids in cluster.workers_per_host.items() for i in ids}
+    with pymongo.MongoClient(cluster.info.pymongo_uri(), serverSelectionTimeoutMS=10000) as client:
+        failed = list(client[cluster.dbname].jobs.find({"exp_key": exp_key, "state": 3}))
+    found = {}
+    for t in failed:  # (MongoTrials.trials leaves ERROR trials out)
+        instance = int(str(t["owner"]).split(":")[-2])
+        found[t["error"][1]] = (placed[instance], instance)
+    assert found, f"no failed trial of {exp_key}"
+    return found
+
+
+def test_logs_merge_server_and_worker_lines_tagged_with_host_and_instance(two_hosts) -> None:
+    inv, cluster = two_hosts
+    started = time.time()
+    with pytest.raises(TrialsFailedError):
+        _fmin(cluster, "ops-logs", fails_with_marker, 3)
+    where = _owner_of_failed(cluster, "ops-logs")
+    t0 = time.monotonic()
+    lines = cluster.logs(lines=400)
+    print(f"logs of the 2-host local cluster: {len(lines)} lines in {time.monotonic() - t0:.1f} s")
+    assert [line.time for line in lines] == sorted(line.time for line in lines)
+    assert {(line.host, line.tag) for line in lines} >= {
+        ("localhost", "server"),
+        ("localhost", "worker[1]"),
+        ("localhost", "worker[3]"),
+        ("node2", "worker[2]"),
+    }
+    assert not any(line.host == "node2" and line.source == "server" for line in lines)
+    for marker, (host, instance) in where.items():
+        # the traceback line with the error is tagged with the worker that ran the trial, and only it
+        tagged = {(line.host, line.instance) for line in lines if marker in line.text}
+        assert tagged == {(host, instance)}, (marker, tagged)
+        hit = next(line for line in lines if marker in line.text)
+        assert started - 5 <= hit.time <= time.time() + 5, (hit, started)
+    password = cluster.info.password()
+    assert password and not any(password in line.text for line in lines)
+
+    # only one worker, only recent lines: the CLI, plain text (no terminal, no escape codes)
+    out = _cli("logs", "-i", str(inv.path), "--host", "node2", "--instance", "2", "--since", "10m")
+    assert out.returncode == 0, out.stderr
+    shown = out.stdout.splitlines()
+    assert shown and all(line.split()[2:4] == ["node2", "worker[2]:"] for line in shown), shown[:5]
+    assert "\x1b" not in out.stdout
+    unknown = _cli("logs", "-i", str(inv.path), "--host", "nope")
+    assert unknown.returncode == 2 and "nope is not a host of the cluster" in unknown.stderr, unknown.stderr
+    assert "localhost, node2" in unknown.stderr
+
+
+def test_logs_follow_prints_a_new_line_as_it_appears(two_hosts) -> None:
+    inv, cluster = two_hosts
+    follower = subprocess.Popen(
+        [str(BIN / "pyhoptcluster"), "logs", "-i", str(inv.path), "--follow", "--since", "1s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # Ctrl-C below goes to its process group, as a terminal's does
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
+    reader.start()
+    try:
+        time.sleep(3)  # the first read is under way or done: the marker below is new to it
+        with pytest.raises(TrialsFailedError):
+            _fmin(cluster, "ops-follow", fails_with_marker, 1)
+        (marker,) = _owner_of_failed(cluster, "ops-follow")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(marker in line for line in seen):
+            assert follower.poll() is None, follower.stderr.read()
+            time.sleep(0.2)
+        assert any(marker in line for line in seen), seen[-20:]
+        assert len([line for line in seen if marker in line]) == 1  # shown once, not on every read
+    finally:
+        os.killpg(follower.pid, signal.SIGINT)  # Ctrl-C, at any moment of its read loop
+        assert follower.wait(timeout=60) == 0, follower.stderr.read()
+    for exp_key in ("ops-logs", "ops-follow"):
+        cluster.delete_experiment(exp_key)
+
+
+def test_drain_of_a_host_ends_its_worker_and_start_brings_it_back(two_hosts) -> None:
+    inv, cluster = two_hosts
+    node2 = Supervisor(inv.path.parent / "supervisor-node2")  # the supervisord of "host" node2
+    before = {**inv.pids(), **node2.pids()}
+    out = _cli("drain", "-i", str(inv.path), "--host", "node2", "--timeout", "120")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "node2" in out.stdout and "localhost" not in out.stdout, out.stdout
+    node2.wait_for("hyperopt-worker-2", lambda state, pid: state == "EXITED", 30)  # exit 0: not restarted
+    # the others run on, untouched; status says which one was drained
+    assert inv.pids() == {n: p for n, p in before.items() if n != "hyperopt-worker-2"}
+    states = {(w.host, w.instance): w.state for w in cluster.status().workers}
+    assert states == {("localhost", 1): "idle", ("node2", 2): "drained", ("localhost", 3): "idle"}, states
+    # a plain start() (no count) keeps the count and starts the drained worker again, the others untouched
+    HyperoptCluster(str(inv.path), progress=False).start()
+    node2.wait_for("hyperopt-worker-2", lambda state, pid: state == "RUNNING", 30)
+    after = {**inv.pids(), **node2.pids()}
+    assert {n: p for n, p in after.items() if n != "hyperopt-worker-2"} == {
+        n: p for n, p in before.items() if n != "hyperopt-worker-2"
+    }
+    assert after["hyperopt-worker-2"] != before["hyperopt-worker-2"]
+    trials = _fmin(cluster, "ops-drain", gpu_and_six, 9)
+    assert 2 in {int(str(t["owner"]).split(":")[-2]) for t in trials.trials}
+    cluster.delete_experiment("ops-drain")
 
 
 def test_check_names_a_missing_package_and_a_version_mismatch_by_host(two_hosts) -> None:
