@@ -172,9 +172,7 @@ class HyperoptCluster:
         the caller stops iterating (Ctrl-C)."""
 
         def read(start: float | None) -> list[_logs.LogLine]:
-            return _logs.read_logs(
-                self._inventory, self._playbook_vars(), host=host, instance=instance, since=start, lines=lines
-            )
+            return self.logs(host=host, instance=instance, since=start, lines=lines)
 
         return _logs.follow(read, _logs.parse_since(since), interval)
 
