@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import progress, runner
+from . import attach_cache, progress, runner
 from .check import STATS_KEY as CHECK_STATS_KEY
 from .check import CheckResult, HostCheck, compare
 from .errors import ClusterNotStartedError, PlaybookError
@@ -60,6 +60,7 @@ class _PlaybookLauncher:
 
     def _publish(self, run: runner.PlaybookRun) -> ClusterInfo:
         self.info = ClusterInfo.from_stats(run.stats)
+        attach_cache.remember(self._inventory, self._extravars, self.info)
         return self.info
 
     def _command(self, playbook: str, tags: str, extravars: Mapping[str, Any]) -> str:
@@ -229,10 +230,17 @@ def read_info(inventory: InventorySpec, extravars: Mapping[str, Any] | None = No
     the server's state on the control node, without starting or changing anything: ``playbooks/
     info.yml`` loads them (``hyperopt_mongodb`` ``tasks_from: facts``) and publishes ``hyperopt_cluster``
     as ``site.yml`` does. ``workers`` is ``{}``: this run does not look at the worker hosts.
-    ``ClusterNotStartedError`` when the server was never started with this inventory."""
-    run = runner.run_playbook("info.yml", normalize(inventory), dict(extravars or {}))
+    ``ClusterNotStartedError`` when the server was never started with this inventory. A fresh
+    process reuses what the last run found while that server answers (:mod:`.attach_cache`)."""
+    spec, extra = normalize(inventory), dict(extravars or {})
+    remembered = attach_cache.recall(spec, extra)  # where the last run found it, if it answers there
+    if remembered is not None:
+        return remembered
+    run = runner.run_playbook("info.yml", spec, extra)
     run.raise_for_failure()
-    return ClusterInfo.from_stats(run.stats)
+    info = ClusterInfo.from_stats(run.stats)
+    attach_cache.remember(spec, extra, info)
+    return info
 
 
 def worker_check(

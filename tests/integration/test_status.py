@@ -94,3 +94,35 @@ def test_status_of_a_server_that_does_not_answer_says_so(tmp_path):
     assert not status.server.up and status.server.error
     assert [(w.host, w.instance, w.state) for w in status.workers] == [("h", 1, "unknown")]
     assert set(status.to_dict()) == {"server", "workers", "experiments"}
+
+
+def test_attach_cache_is_used_only_while_its_server_answers_as_the_user(
+    mongo_server_auth, tmp_path, monkeypatch
+):
+    from pyhoptcluster import attach_cache
+    from pyhoptcluster.state import ClusterInfo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    server = mongo_server_auth
+    secret = tmp_path / "mongodb.password"
+    secret.write_text(server.password + "\n")
+    info = ClusterInfo(
+        server.host, server.port, server.dbname, server.username, str(secret), True, "supervisor"
+    )
+    inventory = {"all": {"children": {"hyperopt_workers": {"hosts": {"node-a": {}}}}}}
+    assert attach_cache.recall(inventory, {}) is None  # nothing remembered yet
+    attach_cache.remember(inventory, {}, info)
+    (stored,) = (tmp_path / "cache" / "pyhoptcluster" / "attach").glob("*.json")
+    assert stored.stat().st_mode & 0o777 == 0o600 and server.password not in stored.read_text()
+    assert attach_cache.recall(inventory, {}) == info
+    # another inventory or other extra vars: not this entry
+    assert attach_cache.recall({"all": {"children": {}}}, {}) is None
+    assert attach_cache.recall(inventory, {"hyperopt_mongodb_dbname": "other"}) is None
+    # the password changed (a rotated or another cluster's server on that port): not used
+    secret.write_text("not-the-password\n")
+    assert attach_cache.recall(inventory, {}) is None
+    secret.write_text(server.password + "\n")
+    # nothing answers at the remembered address any more: not used
+    gone = ClusterInfo("127.0.0.1", 9, "hyperopt", None, None, False, "supervisor")
+    attach_cache.remember(inventory, {}, gone)
+    assert attach_cache.recall(inventory, {}) is None
