@@ -9,6 +9,7 @@ so worker hosts, which have neither Ansible nor ansible-runner, can import the p
 from __future__ import annotations
 
 import importlib
+import importlib.metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from pyhoptcluster import driver as _driver
@@ -18,7 +19,10 @@ from pyhoptcluster.trials import TrialsFailedError
 _trials.apply()
 _driver.apply()
 
-__version__ = "0.1.0"
+try:  # one version: pyproject.toml's, as the installed distribution records it
+    __version__ = _metadata.version("pyhoptcluster")
+except _metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "HyperoptCluster": "cluster",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pymongo.errors
 
+from . import __version__
 from .cluster import HyperoptCluster
 from .drain import result_lines as drain_lines
 from .errors import PyhoptclusterError
@@ -20,6 +21,7 @@ from .state import JOBS_COLLECTION
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyhoptcluster", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or re-converge) the server and the workers; print the URLs")
     down = sub.add_parser("down", help="stop every worker and the server (data and password are kept)")
