@@ -67,7 +67,7 @@ class Run:
         return int(match.group(1))
 
 
-def playbook(name: str, state_dir: Path, *extra: str) -> Run:
+def playbook(name: str, state_dir: Path, *extra: str, path_prefix: Path | None = None) -> Run:
     cmd = [
         str(BIN / "ansible-playbook"),
         f"playbooks/{name}",
@@ -81,7 +81,10 @@ def playbook(name: str, state_dir: Path, *extra: str) -> Run:
         f"hyperopt_supervisor_venv={SUPERVISOR_VENV}",
         *extra,
     ]
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    if path_prefix is not None:
+        path = f"{path_prefix}{os.pathsep}{path}"
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": path}
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
@@ -359,3 +362,92 @@ def test_stop_leaves_no_server_and_frees_the_port_and_start_comes_back(started: 
     assert bootstrap_log.read_text().count("listening on") == bootstraps
     with started.client(username="pyhoptcluster", password=password, authSource="hyperopt") as user:
         assert user.hyperopt.jobs.count_documents({}) >= 0
+
+
+# -- install method auto (the default): what the last run used, repo for real clusters, else a mongod
+# on the PATH, else SecantusDB ------------------------------------------------------------------------
+
+
+def _mongod_on_path(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory holding a "mongod" that records that it ran and answers nothing; and its record."""
+    bindir, ran = tmp_path / "bin", tmp_path / "mongod-ran"
+    bindir.mkdir()
+    fake = bindir / "mongod"
+    fake.write_text(f"#!/bin/sh\necho \"$0\" > {ran}\ntrap 'exit 0' TERM\nwhile :; do sleep 0.2; done\n")
+    fake.chmod(0o755)
+    return bindir, ran
+
+
+def test_auto_runs_a_mongod_found_on_the_path_for_a_local_cluster(state_dir: Path, tmp_path: Path) -> None:
+    bindir, ran = _mongod_on_path(tmp_path)
+    run = playbook(
+        "master.yml",
+        state_dir,
+        *("-e", "hyperopt_mongodb_auth=false", "-e", "hyperopt_mongodb_start_timeout=1"),
+        *("-e", f"hyperopt_mongodb_port={free_port()}"),
+        path_prefix=bindir,
+    )
+    assert run.rc != 0 and "MasterStartError" in run.output  # it was that mongod, which answers nothing
+    assert ran.read_text().strip() == str(bindir / "mongod")
+    assert running_pid(state_dir) is None
+
+
+def test_auto_keeps_the_server_the_data_was_made_with(started: Started, tmp_path: Path) -> None:
+    # inventories/local leaves the method to auto: no mongod on this PATH, so SecantusDB, recorded
+    assert json.loads((started.state_dir / "server.json").read_text())["install_method"] == "pip"
+    before = running_pid(started.state_dir)
+    bindir, ran = _mongod_on_path(tmp_path)
+    run = playbook(
+        "master.yml", started.state_dir, "-e", f"hyperopt_mongodb_port={started.port}", path_prefix=bindir
+    )
+    assert run.rc == 0, run.output
+    assert run.changed == 0 and running_pid(started.state_dir) == before and not ran.exists()
+
+
+@pytest.mark.parametrize(
+    ("workers", "previous", "which", "expected"),
+    [
+        ({"node9": {"ansible_host": "10.9.9.9"}}, "", "/usr/bin/mongod", "repo"),  # a real cluster
+        ({"localhost": {"ansible_connection": "local"}}, "", "/opt/m/bin/mongod", "binary"),
+        ({"localhost": {"ansible_connection": "local"}}, "", "", "pip"),
+        ({"node9": {"ansible_host": "10.9.9.9"}}, "pip", "", "pip"),  # the data's server is kept
+    ],
+)
+def test_auto_rule(tmp_path: Path, workers: dict, previous: str, which: str, expected: str) -> None:
+    """The role's rule (vars/main.yml) as Ansible evaluates it, for the probe's findings given."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "children": {
+                        "hyperopt_master": {"hosts": {"localhost": {"ansible_connection": "local"}}},
+                        "hyperopt_workers": {"hosts": workers},
+                    }
+                }
+            }
+        )
+    )
+    play = tmp_path / "rule.yml"
+    role = ROOT / "roles" / "hyperopt_mongodb"
+    probe = {"previous": {"install_method": previous} if previous else {}, "which": which}
+    play.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "hyperopt_master",
+                    "gather_facts": False,
+                    "vars_files": [str(role / "defaults" / "main.yml"), str(role / "vars" / "main.yml")],
+                    "vars": {"__hyperopt_mongodb_probe": probe},
+                    "tasks": [{"ansible.builtin.debug": {"msg": "method={{ __hyperopt_mongodb_method }}"}}],
+                }
+            ]
+        )
+    )
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0"}
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), str(play), "-i", str(inventory)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"msg: method={expected}\n" in proc.stdout, proc.stdout

@@ -85,6 +85,10 @@ options:
     description: A server program to look at ('' = none).
     type: str
     default: ""
+  which:
+    description: A program name to look up on the PATH ('' = none); the result is RV(which).
+    type: str
+    default: ""
 author:
   - pyhoptcluster developers
 """
@@ -133,6 +137,10 @@ route:
 route_error:
   description: Why there is no route to O(route_to).
   returned: when O(route_to) is set and the kernel has no route
+  type: str
+which:
+  description: The absolute path of O(which) on the PATH, or '' when it is not there.
+  returned: when O(which) is set
   type: str
 binary:
   description: For O(binary) (symlinks followed), C(exists), C(isreg) and C(executable) (by this user).
@@ -248,6 +256,7 @@ def main():
             "unit": {"type": "str", "default": "hyperopt-mongodb.service"},
             "route_to": {"type": "str", "default": ""},
             "binary": {"type": "str", "default": ""},
+            "which": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -306,6 +315,8 @@ def main():
             "isreg": os.path.isfile(binary),
             "executable": os.access(binary, os.X_OK),
         }
+    if p["which"]:
+        result["which"] = shutil.which(p["which"]) or ""
     module.exit_json(**result)
 
 
