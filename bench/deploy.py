@@ -6,7 +6,7 @@ Python through the facade:
   * warm start():   the same call again, nothing to change;
   * utilisation:    an fmin of 10 trials per worker of a 0.2 s objective through MongoTrials:
                     objective seconds / (workers x the workers' span from the first reservation to
-                    the last result), the DESIGN.md target being >= 90 % for 6 workers over 3 hosts.
+                    the last result), the project's target being >= 90 % for 6 workers over 3 hosts.
                     hyperopt's driver tops the queue up once per second (its fixed poll), so this is
                     bounded by max_queue_len / (workers / 0.2 s): measured with max_queue_len =
                     workers ("util q=w"), the same with the driver polling every 0.2 s
@@ -14,7 +14,8 @@ Python through the facade:
                     queued for one 1 s poll, 5 x workers ("q=5w");
   * cleanup():      every unit on every host and the server stopped.
 The predecessor (lazycluster 0.2.4) measured on 3 SSH hosts: start(worker_count=6) 10.1 s,
-cleanup() 2.4 s (DESIGN.md); the table prints the ratio against those.
+cleanup() 2.4 s (figures recorded by the team, not measured here); the table prints the ratio
+against those.
 
 Usage (root, needs the test bed): ``python bench/deploy.py [--hosts 1 3 6] [--name bench]
 [--subnet 10.231.4]``. Hosts are always torn down at the end.

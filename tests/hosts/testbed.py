@@ -18,8 +18,8 @@ As a module (stdlib only)::
     ...
     tb.down()
 
-The recipe (cgroups, nspawn flags, exit code 133, ...) is the one in DESIGN.md, "The multi-host test bed";
-tests/hosts/README.md explains each step. Needs root and Linux with overlayfs, veth and bridges.
+The recipe (cgroups, nspawn flags, exit code 133, ...) is explained step by step in
+tests/hosts/README.md. Needs root and Linux with overlayfs, veth and bridges.
 
 This module is the CLI; the code lives in its siblings, one concern each: testbed_sys (process, mount
 and cgroup helpers), testbed_base (the cached base rootfs), testbed_info (TestbedInfo, ssh, the
