@@ -52,11 +52,17 @@ class HyperoptCluster:
         worker_poll_intervall: float = 0.1,
         worker_packages: Sequence[str] | None = None,
         progress: bool = True,
+        mongo_launcher: MasterLauncher | None = None,
     ) -> None:
         """``worker_packages``: pip requirements the objective needs on the workers (e.g.
         ``["scikit-learn==1.5"]``), installed into every worker venv besides hyperopt and pymongo
         (the role's ``hyperopt_worker_pip_packages``). ``progress``: show what a start or cleanup is
-        doing (a live line in a terminal or notebook, plain lines elsewhere; pyhoptcluster.progress)."""
+        doing (a live line in a terminal or notebook, plain lines elsewhere; pyhoptcluster.progress).
+        ``mongo_launcher``: lazycluster's name of ``master_launcher``, accepted so old code keeps working."""
+        if mongo_launcher is not None:
+            if master_launcher is not None and master_launcher is not mongo_launcher:
+                raise ValueError("pass master_launcher or its old name mongo_launcher, not both")
+            master_launcher = mongo_launcher
         self._dbname = check_dbname(dbname)
         check_poll_interval(worker_poll_intervall)
         self._inventory = inventory
@@ -71,8 +77,7 @@ class HyperoptCluster:
             inventory, dbname=dbname, poll_interval=worker_poll_intervall, extravars=extravars
         )
         for launcher in (self._master, self._workers):
-            if hasattr(launcher, "quiet"):
-                launcher.quiet = not progress
+            launcher.quiet = not progress
         self._read_info: ClusterInfo | None = None
         self._progress = progress
 
@@ -87,7 +92,7 @@ class HyperoptCluster:
         if worker_count is not None:
             check_worker_count(worker_count)
         if isinstance(self._master, LocalMongoLauncher) and isinstance(self._workers, RoundRobinLauncher):
-            start_both(self._master, self._workers, master_port, worker_count, timeout=3, debug=debug)
+            start_both(self._master, self._workers, master_port, worker_count, timeout=None, debug=debug)
         else:
             self.start_master(master_port, debug=debug)
             self.start_workers(worker_count, debug=debug)
@@ -95,7 +100,7 @@ class HyperoptCluster:
 
     def _warn_runtime_mismatch(self) -> None:
         """The runtime reports of the worker hosts this run installed on (nothing on a warm run)."""
-        info = getattr(self._workers, "info", None)
+        info = self._workers.info
         if info is None or not info.worker_checks:
             return
         result = compare(info.worker_checks)
@@ -103,7 +108,10 @@ class HyperoptCluster:
             warnings.warn(f"{result.summary()} (see cluster.check())", WorkerCheckWarning, stacklevel=3)
 
     def start_master(
-        self, master_port: int | Sequence[int] | None = None, timeout: float = 3, debug: bool = False
+        self,
+        master_port: int | Sequence[int] | None = None,
+        timeout: float | None = None,
+        debug: bool = False,
     ) -> None:
         """Start (or re-converge) the server. A single port must be free (``PortInUseError``), a list
         means the first free one (``NoPortsLeftError``), None means 27017 then a range."""
@@ -138,9 +146,8 @@ class HyperoptCluster:
         colour codes only when printing to a terminal."""
         plain = not sys.stdout.isatty()
         for launcher in (self._master, self._workers):
-            log = getattr(launcher, "log", None)
-            if callable(log):
-                text = log()
+            text = launcher.log()
+            if text:
                 print(_ANSI.sub("", text) if plain else text)
 
     # -- operations ------------------------------------------------------------------------------
@@ -177,17 +184,14 @@ class HyperoptCluster:
         return _logs.follow(read, _logs.parse_since(since), interval)
 
     def _playbook_vars(self) -> dict[str, object]:
-        return {
-            **(getattr(self._master, "_extravars", None) or {}),
-            **(getattr(self._workers, "_extravars", None) or {}),
-        }
+        return {**self._master.playbook_vars(), **self._workers.playbook_vars()}
 
     def check(self, require: Sequence[str] = ()) -> CheckResult:
         """Python, hyperopt, cloudpickle and pymongo on every worker host against this Python's, and
         every package of ``require`` (import names, e.g. ``["sklearn"]``) importable in the worker
         venvs. Read-only (``playbooks/check.yml``); ``result.raise_for_problems()`` raises
         ``WorkerCheckError`` naming each problem by host."""
-        return worker_check(self._inventory, require, getattr(self._workers, "_extravars", None))
+        return worker_check(self._inventory, require, self._workers.playbook_vars())
 
     def status(self) -> ClusterStatus:
         """What runs, read from the database (no ssh round per question): the server (address, up,
@@ -237,13 +241,13 @@ class HyperoptCluster:
         ``HyperoptCluster(inventory)`` — a restarted notebook kernel — has ``mongo_trial_url`` of the
         running cluster. The server may be stopped (:meth:`report` then says what to do);
         ``ClusterNotStartedError`` when it was never started with this inventory."""
-        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
+        info = self._workers.info or self._master.info
         if info is not None:
             return info
         if not isinstance(self._master, LocalMongoLauncher):
             raise ClusterNotStartedError("call start() or start_master() first (custom master launcher)")
         if self._read_info is None:
-            self._read_info = read_info(self._inventory, getattr(self._master, "_extravars", None))
+            self._read_info = read_info(self._inventory, self._master.playbook_vars())
         return self._read_info
 
     def report(
@@ -287,7 +291,7 @@ class HyperoptCluster:
     @property
     def info(self) -> ClusterInfo:
         """Everything the last run published (server address, port, workers per host, ...)."""
-        info = getattr(self._workers, "info", None) or getattr(self._master, "info", None)
+        info = self._workers.info or self._master.info
         if info is None:
             raise ClusterNotStartedError("the cluster is not started: call start() or start_master() first")
         return info
@@ -311,7 +315,7 @@ class HyperoptCluster:
     @property
     def workers_per_host(self) -> dict[str, list[int]]:
         """Worker instance ids per inventory host, as placed by the worker role."""
-        info = getattr(self._workers, "info", None)
+        info = self._workers.info
         return dict(info.workers) if info else {}
 
     @property

@@ -74,8 +74,26 @@ class _PlaybookLauncher:
     def log(self) -> str:
         return "\n".join(f"=== {r.playbook} ({r.status}) ===\n{r.output}" for r in self.runs)
 
+    def playbook_vars(self) -> dict[str, Any]:
+        return dict(self._extravars)
 
-class MasterLauncher(abc.ABC):
+
+class _LauncherFacts:
+    """What the facade may ask of every launcher beyond start/cleanup; safe defaults for custom ones."""
+
+    info: ClusterInfo | None = None  # what the last start published (None: not started here)
+    quiet: bool = False  # no progress display
+
+    def log(self) -> str:
+        """The output of the runs made so far ('' when there is none to show)."""
+        return ""
+
+    def playbook_vars(self) -> dict[str, Any]:
+        """Extra vars the facade's read-only playbooks (info, check, logs) should run with."""
+        return {}
+
+
+class MasterLauncher(_LauncherFacts, abc.ABC):
     """Starts and stops the one MongoDB-protocol server of a cluster."""
 
     @property
@@ -84,15 +102,18 @@ class MasterLauncher(abc.ABC):
         """The port the server listens on, None before start."""
 
     @abc.abstractmethod
-    def start(self, ports: int | Sequence[int] | None, timeout: float = 3, debug: bool = False) -> list[int]:
-        """Start the server on the first free port of ``ports``; return the ports left unused."""
+    def start(
+        self, ports: int | Sequence[int] | None, timeout: float | None = None, debug: bool = False
+    ) -> list[int]:
+        """Start the server on the first free port of ``ports``; return the ports left unused.
+        ``timeout``: seconds the server may take to answer (None: the server role's default, 30)."""
 
     @abc.abstractmethod
     def cleanup(self) -> None:
         """Stop the server (data and credentials are kept)."""
 
 
-class WorkerLauncher(abc.ABC):
+class WorkerLauncher(_LauncherFacts, abc.ABC):
     """Starts and stops the hyperopt workers of a cluster."""
 
     @abc.abstractmethod
@@ -125,13 +146,17 @@ class LocalMongoLauncher(_PlaybookLauncher, MasterLauncher):
     def port(self) -> int | None:
         return self.info.server_port if self.info else None
 
-    def _start_vars(self, ports: int | Sequence[int] | None, timeout: float) -> dict[str, Any]:
-        extravars: dict[str, Any] = {"hyperopt_mongodb_start_timeout": float(timeout)}
+    def _start_vars(self, ports: int | Sequence[int] | None, timeout: float | None) -> dict[str, Any]:
+        extravars: dict[str, Any] = {}
+        if timeout is not None:  # None: the role's default (hyperopt_mongodb_start_timeout)
+            extravars["hyperopt_mongodb_start_timeout"] = float(timeout)
         if ports is not None:
             extravars["hyperopt_mongodb_port"] = check_ports(ports)
         return extravars
 
-    def start(self, ports: int | Sequence[int] | None, timeout: float = 3, debug: bool = False) -> list[int]:
+    def start(
+        self, ports: int | Sequence[int] | None, timeout: float | None = None, debug: bool = False
+    ) -> list[int]:
         run = self._run("site.yml", MASTER_TAG, self._start_vars(ports, timeout), debug)
         info = self._publish(run)
         if ports is None or isinstance(ports, int):
@@ -199,7 +224,7 @@ def start_both(
     workers: RoundRobinLauncher,
     ports: int | Sequence[int] | None,
     worker_count: int | None,
-    timeout: float,
+    timeout: float | None,
     debug: bool,
 ) -> None:
     """Server and workers in ONE run of site.yml (what ``ansible-playbook site.yml`` does): half the

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyhoptcluster import HyperoptCluster
+from pyhoptcluster import HyperoptCluster, MasterLauncher
 from pyhoptcluster.errors import InventoryError
 from pyhoptcluster.inventory import from_host_names, normalize
 from pyhoptcluster.validation import (
@@ -193,3 +193,29 @@ def test_collection_loads_the_rules_without_importing_hyperopt() -> None:
         [sys.executable, "-c", code, collections], capture_output=True, text=True, check=True
     )
     assert "forbids" in out.stdout and out.stdout.splitlines()[-1] == "False False"
+
+
+class _FixedMaster(MasterLauncher):
+    """A custom strategy with only what the interface requires."""
+
+    @property
+    def port(self) -> int | None:
+        return 4242
+
+    def start(self, ports, timeout=None, debug=False) -> list[int]:
+        return []
+
+    def cleanup(self) -> None:
+        pass
+
+
+def test_mongo_launcher_is_lazyclusters_name_of_master_launcher(capsys) -> None:
+    custom = _FixedMaster()
+    cluster = HyperoptCluster(["localhost"], mongo_launcher=custom)
+    assert cluster.master_port == 4242
+    # a custom launcher gets the interface's defaults: nothing to print, nothing published
+    cluster.print_log()
+    assert capsys.readouterr().out == ""
+    assert cluster.workers_per_host == {}
+    with pytest.raises(ValueError, match="not both"):
+        HyperoptCluster(["localhost"], master_launcher=_FixedMaster(), mongo_launcher=custom)
