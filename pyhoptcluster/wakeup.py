@@ -28,7 +28,7 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
 
 log = logging.getLogger("pyhoptcluster.worker")
 
-AWAIT_MS = 2000  # how long one getMore of the change stream waits on the server
+AWAIT_MS = 5000  # how long one getMore of the change stream waits on the server
 SAFETY_EVERY = 10.0  # an idle waiter returns (so its owner asks again) at least this often
 
 
