@@ -71,25 +71,30 @@ def sleep_02(x: float) -> float:
 
 def report_objective(p: dict) -> dict:
     """For the report tests (tests/integration/report_run.py): a loss over a mixed space
-    (uniform, loguniform, choice, quniform) that takes 30-130 ms, raises for one corner of it, and,
+    (uniform, loguniform, choice, quniform) that takes 30-130 ms, raises for one corner of it (and,
+    when ``$PYHOPTCLUSTER_TEST_ERROR_MARK`` is set, for the first "poly" trial of all processes, so
+    a run has an error trial whatever was sampled: P(no poly in 20 random trials) = 3e-4), and,
     on the first call of all processes when ``$PYHOPTCLUSTER_TEST_MARK`` is set, freezes its own
     process (SIGSTOP), so the stale-job sweep takes that trial back and another worker reruns it.
     ``$PYHOPTCLUSTER_TEST_SLEEP`` adds seconds to every call."""
     import math
     import signal
 
-    mark = os.environ.get("PYHOPTCLUSTER_TEST_MARK")
-    if mark:
+    def first(mark: str | None) -> bool:
+        """True for the one call of all processes that creates ``mark`` (none without a mark)."""
+        if not mark:
+            return False
         try:
-            fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGSTOP)
+            return False
+        return True
+
+    if first(os.environ.get("PYHOPTCLUSTER_TEST_MARK")):
+        os.kill(os.getpid(), signal.SIGSTOP)
     x, kind = float(p["x"]), p["kind"]
     time.sleep(0.03 + 0.02 * abs(x) + float(os.environ.get("PYHOPTCLUSTER_TEST_SLEEP", "0")))
-    if kind == "poly" and x > 2.5:
+    if kind == "poly" and (x > 2.5 or first(os.environ.get("PYHOPTCLUSTER_TEST_ERROR_MARK"))):
         raise ValueError(f"poly model diverged at x={x:.3f}")
     offset = {"linear": 0.5, "rbf": 0.0, "poly": 1.0}[kind]
     loss = (x - 1.0) ** 2 + offset + 0.1 * (math.log10(p["lr"]) + 3.0) ** 2 + 0.02 * p["depth"]

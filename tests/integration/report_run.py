@@ -3,7 +3,8 @@
 :func:`run_experiment` runs ``objectives.report_objective`` over :data:`SPACE` (uniform, loguniform,
 hp.choice, quniform) on ``n_workers`` real ``pyhoptcluster-worker`` processes; with ``freeze=True``
 the first trial freezes its worker (SIGSTOP), the other workers' sweep puts it back in the queue, and
-the frozen worker is killed by its pid at the end. Some trials raise (``kind == "poly"`` and x > 2.5).
+the frozen worker is killed by its pid at the end. Some trials raise (``kind == "poly"`` and x > 2.5,
+and the first "poly" trial).
 
 Run as a script, it records such a run into the JSON the unit tests read (extended JSON, the job
 documents and the worker records as the server holds them)::
@@ -39,6 +40,7 @@ def start_workers(
 ) -> list:
     env = {"PYHOPTCLUSTER_TEST_MARK": str(mark)} if mark else {}
     env["PYHOPTCLUSTER_TEST_SLEEP"] = str(sleep)
+    env["PYHOPTCLUSTER_TEST_ERROR_MARK"] = str(tmp / f"error-{exp_key}")  # an error trial in every run
     procs = []
     for i in range(1, n + 1):
         config = write_config(
