@@ -97,6 +97,9 @@ def inventory_yaml(info: TestbedInfo) -> str:
         "all:",
         "  vars:",
         f"    hyperopt_mongodb_bind_addresses: [{q(info.bridge_ip)}]",
+        # SecantusDB from PyPI on the control node: the hosts are remote, so the server role's auto
+        # method would pick MongoDB's packages, which need MongoDB's repository on the internet.
+        "    hyperopt_mongodb_install_method: pip",
         # The hosts have no route to an index: ship hyperopt and this package as a wheelhouse.
         f"    hyperopt_worker_wheelhouse: {q(str(WHEELHOUSE))}",
         f"    testbed_name: {q(info.name)}",

@@ -19,7 +19,10 @@ REMOTE_WORKER = "203.0.113.7"
 
 
 def test_server_binds_to_the_control_nodes_route_source_towards_remote_workers(tmp_path: Path) -> None:
-    inv = make_local_inventory(tmp_path, hyperopt_mongodb_port=free_port())
+    # SecantusDB: with a remote worker host the role's auto method would pick MongoDB's packages
+    inv = make_local_inventory(
+        tmp_path, hyperopt_mongodb_port=free_port(), hyperopt_mongodb_install_method="pip"
+    )
     (inv.path / "hosts.yml").write_text(
         "all:\n  children:\n    hyperopt_master:\n      hosts:\n        localhost:\n"
         "          ansible_connection: local\n"
