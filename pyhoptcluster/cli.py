@@ -152,7 +152,7 @@ def _drain(cluster: HyperoptCluster, args: argparse.Namespace) -> int:
         return 1
     for line in drain_lines(result):
         print(line)
-    return 1 if result.waited and (result.still_running or result.gone) else 0
+    return 0 if result.complete or not result.waited else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,10 +29,10 @@ from typing import IO, Any
 import pymongo
 
 from . import liveness
+from .experiments import connect
 from .state import ClusterInfo
 from .status import ALIVE, ENDED, is_alive, placed_from_records
 
-SERVER_TIMEOUT_MS = 10000
 POLL_INTERVAL = 0.5  # seconds between two reads of the flagged records while waiting
 
 WorkerId = tuple[str, int | str]  # (inventory host, instance)
@@ -226,7 +226,7 @@ def drain(
 ) -> DrainResult:
     """Drain the workers of the cluster ``info`` describes (``HyperoptCluster.attach()``); the whole
     cluster, or inventory host ``host``. ``progress``: one line on stderr per worker as it ends."""
-    with pymongo.MongoClient(info.pymongo_uri(), serverSelectionTimeoutMS=SERVER_TIMEOUT_MS) as client:
+    with connect(info) as client:
         return drain_workers(
             client, info.dbname, info.workers, host, timeout, wait, sys.stderr if progress else None
         )

@@ -19,13 +19,14 @@ from .status import ClusterStatus, ExperimentStatus, placed_from_records, read_e
 SERVER_TIMEOUT_MS = 10000
 
 
-def _client(info: ClusterInfo) -> pymongo.MongoClient:
+def connect(info: ClusterInfo) -> pymongo.MongoClient:
+    """A client of the cluster ``info`` describes, as the experiment user (close it after use)."""
     return pymongo.MongoClient(info.pymongo_uri(), serverSelectionTimeoutMS=SERVER_TIMEOUT_MS)
 
 
 def cluster_status(info: ClusterInfo) -> ClusterStatus:
     """Server, every placed worker (the published placement, else the live records), every experiment."""
-    with _client(info) as client:
+    with connect(info) as client:
         placement = info.workers or placed_from_records(client, info.dbname)
         return read_status(client, info.dbname, placement, f"{info.server_host}:{info.server_port}")
 
@@ -85,12 +86,12 @@ def status_text(status: ClusterStatus) -> str:
 
 
 def list_experiments(info: ClusterInfo) -> list[ExperimentStatus]:
-    with _client(info) as client:
+    with connect(info) as client:
         return read_experiments(client, info.dbname)
 
 
 def count_trials(info: ClusterInfo, exp_key: str) -> int:
-    with _client(info) as client:
+    with connect(info) as client:
         return int(client[info.dbname][JOBS_COLLECTION].count_documents({"exp_key": exp_key}))
 
 
