@@ -24,18 +24,39 @@ from .progress import Progress
 from .state import STATS_KEY
 
 _PLAYBOOK_DIR_ENV = "PYHOPTCLUSTER_ANSIBLE_DIR"
+# Where the wheel carries the collection pyhoptcluster.cluster (pyproject.toml's wheel sources).
+_PACKAGED = Path(__file__).resolve().parent / "_collection"
+_COLLECTION = ("ansible_collections", "pyhoptcluster", "cluster")
 
 
 def ansible_dir() -> Path:
-    """The folder holding ansible.cfg, playbooks/ and roles/ (the repo root of a checkout)."""
+    """The root of the collection ``pyhoptcluster.cluster`` this package runs (ansible.cfg,
+    playbooks/, roles/, plugins/): the copy the wheel installed next to the package, else the repo
+    root of a checkout (an editable install), else ``$PYHOPTCLUSTER_ANSIBLE_DIR`` when set."""
     override = os.environ.get(_PLAYBOOK_DIR_ENV)
-    root = Path(override) if override else Path(__file__).resolve().parent.parent
+    if override:
+        root = Path(override)
+    elif _PACKAGED.is_dir():
+        root = _PACKAGED.joinpath(*_COLLECTION)
+    else:
+        root = Path(__file__).resolve().parent.parent
     if not (root / "playbooks" / "site.yml").is_file():
         raise PlaybookError(
-            f"pyhoptcluster's playbooks were not found under {root}; install pyhoptcluster from a "
-            f"checkout (pip install -e <checkout>) or set {_PLAYBOOK_DIR_ENV} to the checkout"
+            f"pyhoptcluster's playbooks were not found under {root}: the installed package is incomplete; "
+            f"reinstall it (pip install --force-reinstall pyhoptcluster) or set {_PLAYBOOK_DIR_ENV} to a "
+            "checkout or an unpacked collection pyhoptcluster.cluster"
         )
     return root
+
+
+def collections_dir() -> Path:
+    """The folder holding ``ansible_collections/pyhoptcluster/cluster`` for :func:`ansible_dir`
+    (ANSIBLE_COLLECTIONS_PATH of every run, so pyhoptcluster.cluster.* resolves to that copy)."""
+    root = ansible_dir()
+    if root.parts[-3:] == _COLLECTION:
+        return root.parents[2]
+    # a checkout: collections/ansible_collections/pyhoptcluster/cluster is a symlink to ../../..
+    return root / "collections"
 
 
 @dataclass(frozen=True)
@@ -154,8 +175,7 @@ def run_playbook(
     bin_dir = str(Path(sys.executable).parent)
     envvars = {
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(root / "roles"),
-        "ANSIBLE_COLLECTIONS_PATH": str(root / "collections"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections_dir()),
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
     }

@@ -120,7 +120,6 @@ def _own_playbook(inv: LocalInventory, tmp_path: Path, *extra: str) -> subproces
     env = {
         **os.environ,
         "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
         "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
     }

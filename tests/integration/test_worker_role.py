@@ -59,7 +59,6 @@ class Setup:
         env = dict(
             os.environ,
             ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-            ANSIBLE_ROLES_PATH=str(REPO / "roles"),
             ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"),
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_DEPRECATION_WARNINGS="0",

@@ -13,7 +13,7 @@ import yaml
 import pyhoptcluster
 
 REPO = Path(__file__).resolve().parents[2]
-GALAXY = REPO / "collections" / "ansible_collections" / "pyhoptcluster" / "cluster" / "galaxy.yml"
+GALAXY = REPO / "galaxy.yml"
 
 
 def test_package_cli_and_collection_carry_the_project_version() -> None:
