@@ -10,7 +10,7 @@ Python through the facade:
                     hyperopt's driver tops the queue up once per second (its fixed poll), so this is
                     bounded by max_queue_len / (workers / 0.2 s): measured with max_queue_len =
                     workers ("util q=w"), the same with the driver polling every 0.2 s
-                    (trials.poll_interval_secs, pyhoptcluster.driver: "q=w p=0.2"), and with enough
+                    (trials.poll_interval_secs, pyhoptcluster.compat.driver: "q=w p=0.2"), and with enough
                     queued for one 1 s poll, 5 x workers ("q=5w");
   * cleanup():      every unit on every host and the server stopped.
 The predecessor (lazycluster 0.2.4) measured on 3 SSH hosts: start(worker_count=6) 10.1 s,

@@ -46,9 +46,9 @@ def main() -> int:
     args = ap.parse_args()
     from conftest import SecantusdFactory, find_secantusd
 
-    from pyhoptcluster.report import Source, html, write_report
-    from pyhoptcluster.report.figures import all_figures
-    from pyhoptcluster.report.reduce import experiment
+    from pyhoptcluster.control.report import Source, html, write_report
+    from pyhoptcluster.control.report.figures import all_figures
+    from pyhoptcluster.control.report.reduce import experiment
 
     with tempfile.TemporaryDirectory() as d:
         factory = SecantusdFactory(find_secantusd(), Path(d))

@@ -12,9 +12,9 @@ import importlib
 import importlib.metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-from pyhoptcluster import driver as _driver
-from pyhoptcluster import trials as _trials
-from pyhoptcluster.trials import TrialsFailedError
+from pyhoptcluster.compat import driver as _driver
+from pyhoptcluster.compat import trials as _trials
+from pyhoptcluster.compat.trials import TrialsFailedError
 
 _trials.apply()
 _driver.apply()
@@ -25,12 +25,12 @@ except _metadata.PackageNotFoundError:  # imported from a checkout that was neve
     __version__ = "0+unknown"
 
 _LAZY = {
-    "HyperoptCluster": "cluster",
-    "ClusterInfo": "state",
-    "MasterLauncher": "launchers",
-    "WorkerLauncher": "launchers",
-    "LocalMongoLauncher": "launchers",
-    "RoundRobinLauncher": "launchers",
+    "HyperoptCluster": "control.cluster",
+    "ClusterInfo": "control.state",
+    "MasterLauncher": "control.launchers",
+    "WorkerLauncher": "control.launchers",
+    "LocalMongoLauncher": "control.launchers",
+    "RoundRobinLauncher": "control.launchers",
     "PyhoptclusterError": "errors",
     "InventoryError": "errors",
     "PortInUseError": "errors",
@@ -58,8 +58,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .cluster import HyperoptCluster
-    from .errors import (
+    from pyhoptcluster.control.cluster import HyperoptCluster
+    from pyhoptcluster.control.launchers import (
+        LocalMongoLauncher,
+        MasterLauncher,
+        RoundRobinLauncher,
+        WorkerLauncher,
+    )
+    from pyhoptcluster.control.state import ClusterInfo
+    from pyhoptcluster.errors import (
         ClusterNotStartedError,
         InventoryError,
         MasterStartError,
@@ -68,8 +75,6 @@ if TYPE_CHECKING:
         PortInUseError,
         PyhoptclusterError,
     )
-    from .launchers import LocalMongoLauncher, MasterLauncher, RoundRobinLauncher, WorkerLauncher
-    from .state import ClusterInfo
 
 
 def __getattr__(name: str) -> Any:

@@ -138,7 +138,7 @@ def run_fmin(
 ) -> MongoTrials:
     """A real distributed fmin of ``n`` trials through plain MongoTrials; returns the refreshed trials.
     ``objective`` must be picklable by value (workers cannot import test modules); ``poll_interval``
-    sets the driver's poll (``trials.poll_interval_secs``, pyhoptcluster.driver)."""
+    sets the driver's poll (``trials.poll_interval_secs``, pyhoptcluster.compat.driver)."""
     trials = MongoTrials(url, exp_key=exp_key)
     if poll_interval is not None:
         trials.poll_interval_secs = poll_interval

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from pyhoptcluster import HyperoptCluster
-from pyhoptcluster.launchers import LocalMongoLauncher, RoundRobinLauncher
+from pyhoptcluster.control.launchers import LocalMongoLauncher, RoundRobinLauncher
 
 
 @dataclass

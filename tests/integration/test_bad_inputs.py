@@ -103,13 +103,13 @@ OWN_PLAYBOOK = """\
   hosts: hyperopt_master
   gather_facts: false
   roles:
-    - role: hyperopt_mongodb
+    - role: pyhoptcluster.cluster.hyperopt_mongodb
 
 - name: Our workers
   hosts: hyperopt_workers
   gather_facts: false
   roles:
-    - role: hyperopt_worker
+    - role: pyhoptcluster.cluster.hyperopt_worker
 """
 
 

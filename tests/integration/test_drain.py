@@ -1,4 +1,4 @@
-"""Draining workers through the database (pyhoptcluster.drain): real servers, real worker processes,
+"""Draining workers through the database (pyhoptcluster.control.drain): real servers, real worker processes,
 a real fmin. A drained worker finishes the trial it runs, reserves no new one and exits 0."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW
 from worker_procs import FminThread, all_jobs, fmin_within, objectives, wait_for, write_config
 
-from pyhoptcluster import liveness
-from pyhoptcluster.drain import DrainResult, drain_workers, result_lines
-from pyhoptcluster.status import ALIVE
+from pyhoptcluster.control.drain import DrainResult, drain_workers, result_lines
+from pyhoptcluster.control.status import ALIVE
+from pyhoptcluster.worker import liveness
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import pytest
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW, JOB_STATE_RUNNING
 from worker_procs import FminThread, WorkerProc, Workers, all_jobs, objectives, wait_for, write_config
 
-from pyhoptcluster import liveness
+from pyhoptcluster.worker import liveness
 
 pytestmark = pytest.mark.integration
 

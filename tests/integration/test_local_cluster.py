@@ -212,7 +212,7 @@ def test_cli_up_prints_masked_urls_and_down_stops(inventory: LocalInventory) -> 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pyhoptcluster.cli", "up", "-i", str(tmp_path / "missing")],
+        [sys.executable, "-m", "pyhoptcluster.control.cli", "up", "-i", str(tmp_path / "missing")],
         capture_output=True,
         text=True,
     )

@@ -27,8 +27,8 @@ from local_cluster import Supervisor, run_fmin
 from multihost_env import Multihost, alive_with, children, cmdline, multihost_env
 
 from pyhoptcluster import HyperoptCluster
+from pyhoptcluster.control.launchers import RoundRobinLauncher
 from pyhoptcluster.errors import PlaybookError
-from pyhoptcluster.launchers import RoundRobinLauncher
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 

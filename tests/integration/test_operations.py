@@ -25,8 +25,8 @@ from hyperopt.mongoexp import MongoTrials
 from local_cluster import BIN, LocalInventory, Supervisor, free_port, make_local_inventory
 
 from pyhoptcluster import HyperoptCluster, TrialsFailedError
-from pyhoptcluster.check import WorkerCheckWarning
-from pyhoptcluster.status import read_status
+from pyhoptcluster.control.check import WorkerCheckWarning
+from pyhoptcluster.control.status import read_status
 
 pytestmark = pytest.mark.integration
 

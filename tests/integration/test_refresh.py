@@ -1,4 +1,4 @@
-"""The driver's incremental refresh (pyhoptcluster.refresh) sees what a full stock refresh sees:
+"""The driver's incremental refresh (pyhoptcluster.compat.refresh) sees what a full stock refresh sees:
 real workers, a real fmin, trials that fail, trials queued by a second driver."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW
 from hyperopt.mongoexp import MongoTrials
 from worker_procs import SPACE, objectives, write_config
 
-from pyhoptcluster import refresh
+from pyhoptcluster.compat import refresh
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The cluster's status read from the database (pyhoptcluster.status) with real workers and a real fmin."""
+"""The cluster's status read from the database (pyhoptcluster.control.status): real workers, a real fmin."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hyperopt.base import JOB_STATE_DONE
 from worker_procs import all_jobs, fmin_within, objectives, wait_for, write_config
 
-from pyhoptcluster import liveness
-from pyhoptcluster.status import read_status
+from pyhoptcluster.control.status import read_status
+from pyhoptcluster.worker import liveness
 
 pytestmark = pytest.mark.integration
 
@@ -99,8 +99,8 @@ def test_status_of_a_server_that_does_not_answer_says_so(tmp_path):
 def test_attach_cache_is_used_only_while_its_server_answers_as_the_user(
     mongo_server_auth, tmp_path, monkeypatch
 ):
-    from pyhoptcluster import attach_cache
-    from pyhoptcluster.state import ClusterInfo
+    from pyhoptcluster.control import attach_cache
+    from pyhoptcluster.control.state import ClusterInfo
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     server = mongo_server_auth

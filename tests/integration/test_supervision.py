@@ -103,7 +103,7 @@ def test_killed_worker_is_restarted_by_supervisord(cluster: Cluster) -> None:
     assert sup.pids()[W2] == before[W2], "the other worker is left alone"
     assert sup.pids()[SERVER] == before[SERVER]
     log = cluster.inv.worker_state_dir / "worker-1.log"
-    wait_log(log, f"worker[1] {pid} pyhoptcluster.worker: connected")
+    wait_log(log, f"worker[1] {pid} pyhoptcluster.worker.main: connected")
 
 
 def test_killed_server_is_restarted_with_its_data(cluster: Cluster) -> None:

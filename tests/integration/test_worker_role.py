@@ -250,7 +250,10 @@ def test_stop_leaves_no_worker_process(setup):
                     "tasks": [
                         {
                             "name": "Stop every instance",
-                            "ansible.builtin.include_role": {"name": "hyperopt_worker", "tasks_from": "stop"},
+                            "ansible.builtin.include_role": {
+                                "name": "pyhoptcluster.cluster.hyperopt_worker",
+                                "tasks_from": "stop",
+                            },
                         }
                     ],
                 }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pyhoptcluster import cli
-from pyhoptcluster.drain import DrainResult, check_host, check_timeout, result_lines
-from pyhoptcluster.status import ENDED
+from pyhoptcluster.control import cli
+from pyhoptcluster.control.drain import DrainResult, check_host, check_timeout, result_lines
+from pyhoptcluster.control.status import ENDED
 
 
 def test_an_unknown_host_is_refused_naming_the_known_ones() -> None:

@@ -1,5 +1,5 @@
-"""pyhoptcluster.driver: fmin's driver (hyperopt's own FMinIter) takes its poll interval from the trials
-object when it has one."""
+"""pyhoptcluster.compat.driver: fmin's driver (hyperopt's own FMinIter) takes its poll interval from the
+trials object when it has one."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hyperopt.base import Domain
 from hyperopt.fmin import FMinIter
 
 import pyhoptcluster  # noqa: F401  (applies the patch)
-from pyhoptcluster import driver
+from pyhoptcluster.compat import driver
 
 
 def _iter(trials, **kwargs) -> FMinIter:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pyhoptcluster import HyperoptCluster, MasterLauncher
+from pyhoptcluster.control.inventory import from_host_names, normalize
 from pyhoptcluster.errors import InventoryError
-from pyhoptcluster.inventory import from_host_names, normalize
 from pyhoptcluster.validation import (
     MAX_DBNAME_BYTES,
     check_dbname,
@@ -18,7 +18,7 @@ from pyhoptcluster.validation import (
     check_ports,
     check_worker_count,
 )
-from pyhoptcluster.worker_config import ConfigError, config_from_mapping
+from pyhoptcluster.worker.config import ConfigError, config_from_mapping
 
 # the roles' way to the same rules: the collection's input_problems filter
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))

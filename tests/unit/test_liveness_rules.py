@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pyhoptcluster import liveness, outage
-from pyhoptcluster.worker_config import ConfigError, config_from_mapping
+from pyhoptcluster.compat import outage
+from pyhoptcluster.worker import liveness
+from pyhoptcluster.worker.config import ConfigError, config_from_mapping
 
 URL = "mongo://h:1/db/jobs"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyhoptcluster.logs import LogLine, follow, merge, parse_since
+from pyhoptcluster.control.logs import LogLine, follow, merge, parse_since
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "collections") not in sys.path:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pyhoptcluster.check import HostCheck, compare
-from pyhoptcluster.failures import _error_text
+from pyhoptcluster.compat.failures import _error_text
+from pyhoptcluster.control.check import HostCheck, compare
 from pyhoptcluster.validation import check_gpus, gpu_config_value, gpu_of_instance
-from pyhoptcluster.worker_config import ConfigError, config_from_mapping
+from pyhoptcluster.worker.config import ConfigError, config_from_mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
 from ansible_collections.pyhoptcluster.cluster.plugins.filter.inputs import gpu_devices, input_problems
@@ -107,4 +107,4 @@ def test_error_text_is_type_and_message() -> None:
     assert _error_text(["<class 'ModuleNotFoundError'>", "No module named 'x'"]) == (
         "ModuleNotFoundError: No module named 'x'"
     )
-    assert _error_text(["<class 'pyhoptcluster.liveness.WorkerLost'>", "gone"]) == "WorkerLost: gone"
+    assert _error_text(["<class 'pyhoptcluster.worker.liveness.WorkerLost'>", "gone"]) == "WorkerLost: gone"

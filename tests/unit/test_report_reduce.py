@@ -19,9 +19,9 @@ import pytest
 from bson import json_util
 from hyperopt import Domain, hp
 
-from pyhoptcluster.report import reduce
-from pyhoptcluster.report.reduce import ParamInfo
-from pyhoptcluster.report.source import space_of
+from pyhoptcluster.control.report import reduce
+from pyhoptcluster.control.report.reduce import ParamInfo
+from pyhoptcluster.control.report.source import space_of
 
 DATA = Path(__file__).with_name("data") / "report_run.json"
 SPACE = {
@@ -161,7 +161,7 @@ def test_empty_experiment_reduces_to_zeros():
 
 
 def test_report_html_is_one_file_with_every_figure_and_plotly_inlined(exp, tmp_path):
-    from pyhoptcluster.report import html
+    from pyhoptcluster.control.report import html
 
     out = html.write(exp, tmp_path / "r.html", where="mongo://pyhoptcluster@127.0.0.1:1/hyperopt/jobs")
     text = out.read_text()
@@ -171,7 +171,7 @@ def test_report_html_is_one_file_with_every_figure_and_plotly_inlined(exp, tmp_p
 
 
 def test_worker_side_imports_none_of_the_report_stack():
-    code = "import sys, pyhoptcluster.worker; print('\\n'.join(sorted(sys.modules)))"
+    code = "import sys, pyhoptcluster.worker.main; print('\\n'.join(sorted(sys.modules)))"
     loaded = set(
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -180,4 +180,4 @@ def test_worker_side_imports_none_of_the_report_stack():
     assert not {
         m for m in loaded if m.split(".")[0] in ("plotly", "starlette", "uvicorn", "kaleido", "jinja2")
     }
-    assert "pyhoptcluster.report" not in loaded
+    assert "pyhoptcluster.control.report" not in loaded

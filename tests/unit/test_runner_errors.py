@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pyhoptcluster.control.runner import HostFailure, PlaybookRun
 from pyhoptcluster.errors import MasterStartError, NoPortsLeftError, PlaybookError, PortInUseError
-from pyhoptcluster.runner import HostFailure, PlaybookRun
 
 
 def _failed(message: str) -> PlaybookRun:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hyperopt.mongoexp import parse_url
 
+from pyhoptcluster.control.state import ClusterInfo
 from pyhoptcluster.errors import PlaybookError
-from pyhoptcluster.state import ClusterInfo
 
 
 def _stats(tmp_path: Path, password: str = "s3cretPW", **over: object) -> dict:

@@ -9,7 +9,7 @@ from bson.errors import InvalidDocument
 from hyperopt import mongoexp
 
 import pyhoptcluster  # noqa: F401  (applies the patch)
-from pyhoptcluster import trials
+from pyhoptcluster.compat import trials
 
 
 def test_import_applies_the_patch_once():

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pyhoptcluster import worker
-from pyhoptcluster.worker_config import ConfigError, config_from_mapping, parse_env_file
+from pyhoptcluster.worker import main as worker
+from pyhoptcluster.worker.config import ConfigError, config_from_mapping, parse_env_file
 
 URL = "mongo://pyhoptcluster:s%40cret@10.0.0.1:27017/hyperopt/jobs"
 
@@ -120,7 +120,7 @@ def test_bad_values_raise_config_error_naming_the_key_and_not_the_password(value
 
 
 def test_unknown_worker_key_is_warned_about(caplog):
-    with caplog.at_level(logging.WARNING, logger="pyhoptcluster.worker"):
+    with caplog.at_level(logging.WARNING, logger="pyhoptcluster.worker.main"):
         config_from_mapping({"HYPEROPT_WORKER_MONGO_URL": URL, "HYPEROPT_WORKER_POLL_INTERVALL": "1"})
     assert "unknown key HYPEROPT_WORKER_POLL_INTERVALL" in caplog.text
 
@@ -140,11 +140,11 @@ def test_world_readable_config_file_is_warned_about(tmp_path, caplog):
     path = tmp_path / "w.conf"
     path.write_text(f"HYPEROPT_WORKER_MONGO_URL={URL}\n")
     os.chmod(path, 0o600)
-    with caplog.at_level(logging.WARNING, logger="pyhoptcluster.worker"):
+    with caplog.at_level(logging.WARNING, logger="pyhoptcluster.worker.main"):
         assert worker.load_config(str(path)).host == "10.0.0.1"
     assert "chmod 600" not in caplog.text
     os.chmod(path, 0o644)
-    with caplog.at_level(logging.WARNING, logger="pyhoptcluster.worker"):
+    with caplog.at_level(logging.WARNING, logger="pyhoptcluster.worker.main"):
         worker.load_config(str(path))
     assert "chmod 600" in caplog.text
 

@@ -1,0 +1,220 @@
+"""Hyperopt Mongo URLs and the connections made from them, for pymongo 4.
+
+A hyperopt Mongo URL is ``mongo://[user[:password]@]host[:port]/dbname/collection[?authSource=db]``
+(``mongo+ssh://`` tunnels through ``ssh``). This module parses and masks such URLs and turns them
+into ``MongoClient``/``MongoJobs`` objects the way stock ``hyperopt.mongoexp`` does, but with
+pymongo-4 authentication: :mod:`pyhoptcluster.compat.trials` installs :func:`parse_url`,
+:func:`connection_with_tunnel`, :func:`connection_from_string`, :func:`number_of_jobs_in_db` and
+the ``MongoJobs`` constructors below into ``hyperopt.mongoexp``.
+
+This module belongs to the worker side: it imports nothing from Ansible or the control side.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+import urllib.parse
+from typing import Any
+
+import gridfs
+import numpy
+import pymongo
+from bson import SON
+from hyperopt import mongoexp
+
+__all__ = [
+    "DEFAULT_PORT",
+    "auth_source",
+    "connection_from_string",
+    "connection_with_tunnel",
+    "mask_url",
+    "number_of_jobs_in_db",
+    "parse_url",
+]
+
+logger = logging.getLogger(mongoexp.__name__)  # log as hyperopt.mongoexp did
+
+DEFAULT_PORT = 27017
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def parse_url(url: str, pwfile: str | None = None) -> tuple:
+    """Unpack ``protocol://[user[:pw]@]host[:port]/db/collection[?authSource=...]``.
+
+    Returns ``(protocol, username, password, hostname, port, dbname, collection, authdbname)``
+    like stock ``hyperopt.mongoexp.parse_url``, but with user and password percent-decoded and
+    port 27017 when the URL names none. As in stock, a user without a password in the URL reads
+    the password from ``pwfile`` (``open(pwfile).read()[:-1]``) when one is given.
+    """
+    protocol = url[: url.find(":")]
+    ftp_url = "ftp" + url[url.find(":") :]
+    tmp = urllib.parse.urlparse(ftp_url)
+    query_params = urllib.parse.parse_qs(tmp.query)
+    username = urllib.parse.unquote(tmp.username) if tmp.username is not None else None
+
+    logger.info("PROTOCOL %s", protocol)
+    logger.info("USERNAME %s", username)
+    logger.info("HOSTNAME %s", tmp.hostname)
+    logger.info("PORT %s", tmp.port)
+    logger.info("PATH %s", tmp.path)
+
+    authdbname = None
+    if query_params.get("authSource"):
+        authdbname = query_params["authSource"][-1]
+    logger.info("AUTH DB %s", authdbname)
+
+    try:
+        _, dbname, collection = tmp.path.split("/")
+    except ValueError:
+        raise ValueError(
+            f"cannot parse the path {tmp.path!r} of a hyperopt Mongo URL: expected /<dbname>/<collection>"
+        ) from None
+    logger.info("DB %s", dbname)
+    logger.info("COLLECTION %s", collection)
+
+    if tmp.password is None:
+        if username is not None and pwfile:
+            with open(pwfile) as f:
+                password = f.read()[:-1]
+        else:
+            password = None
+    else:
+        password = urllib.parse.unquote(tmp.password)
+    if password is not None:
+        logger.info("PASS ***")
+    port = int(tmp.port) if tmp.port is not None else DEFAULT_PORT
+
+    return (protocol, username, password, tmp.hostname, port, dbname, collection, authdbname)
+
+
+def auth_source(user: str | None, dbname: str, auth_dbname: str | None = None) -> str | None:
+    """The authentication database hyperopt uses: ``authSource`` from the URL if given, else
+    ``admin`` for the user ``hyperopt``, else the URL's database. ``None`` without a user."""
+    if not user:
+        return None
+    if auth_dbname:
+        return auth_dbname
+    if user == "hyperopt":
+        return "admin"
+    return dbname
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password (if any) replaced by ``***``, for log lines and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc_end = len(rest)
+    for ch in "/?#":
+        pos = rest.find(ch)
+        if pos != -1:
+            netloc_end = min(netloc_end, pos)
+    netloc, tail = rest[:netloc_end], rest[netloc_end:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostport}{tail}"
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def connection_with_tunnel(
+    dbname,
+    host="localhost",
+    auth_dbname=None,
+    port=27017,
+    ssh=False,
+    user="hyperopt",
+    pw=None,
+    **client_kwargs,
+):
+    """Stock signature and result ``(MongoClient, ssh_tunnel_or_None)``; pymongo-4 authentication.
+
+    Extra keyword arguments go to ``MongoClient`` (e.g. ``serverSelectionTimeoutMS``).
+    """
+    # directConnection: the one server of the cluster, never a member list it advertises (which may
+    # name an address the client cannot reach, e.g. behind an ssh tunnel)
+    options: dict[str, Any] = {"document_class": SON, "w": 1, "journal": True, "directConnection": True}
+    options.update(client_kwargs)
+    if user:
+        if not pw:
+            pw = mongoexp.read_pw()
+        options.update(username=user, password=pw, authSource=auth_source(user, dbname, auth_dbname))
+    ssh_tunnel = None
+    if ssh:
+        local_port = numpy.random.randint(low=27500, high=28000)
+        # -- forward from local to remote machine
+        ssh_tunnel = subprocess.Popen(["ssh", "-NTf", "-L", f"{local_port}:127.0.0.1:{port}", host])
+        # -- give the subprocess time to set up
+        time.sleep(0.5)
+        connection = pymongo.MongoClient("127.0.0.1", int(local_port), **options)
+    else:
+        connection = pymongo.MongoClient(host, port, **options)
+    if user:
+        # pymongo 4 authenticates lazily; stock's authenticate() failed right here on bad credentials.
+        try:
+            connection[dbname].command("ping")
+        except BaseException:
+            connection.close()
+            raise
+    return connection, ssh_tunnel
+
+
+def connection_from_string(s, **client_kwargs):
+    """Stock result ``(client, tunnel, database, collection)`` for a URL; extra keyword arguments
+    go to ``MongoClient``."""
+    protocol, user, pw, host, port, db, collection, authdb = mongoexp.parse_url(s)
+    if protocol == "mongo":
+        ssh = False
+    elif protocol in ("mongo+ssh", "ssh+mongo"):
+        ssh = True
+    else:
+        raise ValueError("unrecognized protocol for MongoJobs", protocol)
+    connection, tunnel = mongoexp.connection_with_tunnel(
+        dbname=db, ssh=ssh, user=user, pw=pw, host=host, port=port, auth_dbname=authdb, **client_kwargs
+    )
+    return connection, tunnel, connection[db], connection[db][collection]
+
+
+def number_of_jobs_in_db(options):
+    """Stock ``number_of_jobs_in_db`` (``hyperopt-mongo-worker --max-jobs-in-db``) with pymongo 4."""
+    mj = mongoexp.MongoJobs.new_from_connection_str(mongoexp.as_mongo_str(options.mongo) + "/jobs")
+    return mj.jobs.count_documents({})
+
+
+# --------------------------------------------------------------------------- MongoJobs constructors
+
+
+@classmethod
+def jobs_alloc(
+    cls,
+    dbname,
+    host="localhost",
+    auth_dbname="admin",
+    port=27017,
+    jobs_coll="jobs",
+    gfs_coll="fs",
+    ssh=False,
+    user=None,
+    pw=None,
+    config_name="spec",
+):
+    """``MongoJobs.alloc``: stock's, passing the ``config_name`` the constructor requires."""
+    connection, tunnel = mongoexp.connection_with_tunnel(dbname, host, auth_dbname, port, ssh, user, pw)
+    db = connection[dbname]
+    gfs = gridfs.GridFS(db, collection=gfs_coll)
+    return cls(db, db[jobs_coll], gfs, connection, tunnel, config_name)
+
+
+@classmethod
+def jobs_new_from_connection_str(cls, conn_str, gfs_coll="fs", config_name="spec", **client_kwargs):
+    """``MongoJobs.new_from_connection_str``; extra keyword arguments go to ``MongoClient``."""
+    connection, tunnel, db, coll = mongoexp.connection_from_string(conn_str, **client_kwargs)
+    gfs = gridfs.GridFS(db, collection=gfs_coll)
+    return cls(db, coll, gfs, connection, tunnel, config_name)
