@@ -32,6 +32,22 @@ teardown() {
 }
 trap 'teardown; exit 130' INT TERM
 
+# The scenarios run the collection as a user gets it: built from this checkout and installed by
+# ansible-galaxy into a fresh collections path, which comes before the checkout's collections/ (the
+# repo's ansible.cfg, which the scenarios still use for ssh options, would name the checkout).
+collections=$(mktemp -d "${TMPDIR:-/tmp}/pyhoptcluster-molecule-collections.XXXXXX")
+trap 'rm -rf "$collections"' EXIT
+ansible-galaxy collection build --force --output-path "$collections" . >/dev/null
+ansible-galaxy collection install -p "$collections" "$collections"/pyhoptcluster-cluster-*.tar.gz >/dev/null
+export ANSIBLE_COLLECTIONS_PATH="$collections"
+resolved=$(ANSIBLE_CONFIG="$PWD/ansible.cfg" ansible-galaxy collection list pyhoptcluster.cluster --format json \
+  | python3 -c 'import json, sys; print(next(iter(json.load(sys.stdin))))')
+if [ "$resolved" != "$collections/ansible_collections" ]; then
+  echo "== pyhoptcluster.cluster resolves to $resolved, not the installed copy in $collections" >&2
+  exit 1
+fi
+echo "== pyhoptcluster.cluster under test: $resolved/pyhoptcluster/cluster (installed by ansible-galaxy)"
+
 rc=0
 summary=()
 for s in "${scenarios[@]}"; do
