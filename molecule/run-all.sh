@@ -37,9 +37,10 @@ trap 'teardown; exit 130' INT TERM
 # repo's ansible.cfg, which the scenarios still use for ssh options, would name the checkout).
 collections=$(mktemp -d "${TMPDIR:-/tmp}/pyhoptcluster-molecule-collections.XXXXXX")
 trap 'rm -rf "$collections"' EXIT
-ansible-galaxy collection build --force --output-path "$collections" . >/dev/null
-ansible-galaxy collection install -p "$collections" "$collections"/pyhoptcluster-cluster-*.tar.gz >/dev/null
+# set first: ansible-galaxy skips an install it finds in a configured path (the checkout's symlink)
 export ANSIBLE_COLLECTIONS_PATH="$collections"
+ansible-galaxy collection build --force --output-path "$collections" . >/dev/null
+ansible-galaxy collection install --force -p "$collections" "$collections"/pyhoptcluster-cluster-*.tar.gz >/dev/null
 resolved=$(ANSIBLE_CONFIG="$PWD/ansible.cfg" ansible-galaxy collection list pyhoptcluster.cluster --format json \
   | python3 -c 'import json, sys; print(next(iter(json.load(sys.stdin))))')
 if [ "$resolved" != "$collections/ansible_collections" ]; then
