@@ -126,8 +126,9 @@ class WorkerLauncher(_LauncherFacts, abc.ABC):
 
 
 class LocalMongoLauncher(_PlaybookLauncher, MasterLauncher):
-    """The server on the control node (inventory group ``hyperopt_master``), via the
-    ``hyperopt_mongodb`` role."""
+    """The server on the host of the inventory group ``hyperopt_master`` (the control node unless the
+    inventory names another host), via the ``hyperopt_mongodb`` role. ``dbpath``: ``~`` is expanded
+    on the server host; a relative path is taken from this process's directory."""
 
     def __init__(
         self,
@@ -139,7 +140,8 @@ class LocalMongoLauncher(_PlaybookLauncher, MasterLauncher):
         check_dbname(dbname)
         base = {"hyperopt_mongodb_dbname": dbname, **dict(extravars or {})}
         if dbpath is not None:
-            base["hyperopt_mongodb_dbpath"] = str(Path(dbpath).expanduser().absolute())
+            text = str(dbpath)
+            base["hyperopt_mongodb_dbpath"] = text if text.startswith("~") else str(Path(text).absolute())
         super().__init__(inventory, base)
 
     @property
