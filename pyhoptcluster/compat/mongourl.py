@@ -1,13 +1,19 @@
 """Hyperopt Mongo URLs and the connections made from them, for pymongo 4.
 
-A hyperopt Mongo URL is ``mongo://[user[:password]@]host[:port]/dbname/collection[?authSource=db]``
-(``mongo+ssh://`` tunnels through ``ssh``). This module parses and masks such URLs and turns them
-into ``MongoClient``/``MongoJobs`` objects the way stock ``hyperopt.mongoexp`` does, but with
-pymongo-4 authentication: :mod:`pyhoptcluster.compat.trials` installs :func:`parse_url`,
-:func:`connection_with_tunnel`, :func:`connection_from_string`, :func:`number_of_jobs_in_db` and
-the ``MongoJobs`` constructors below into ``hyperopt.mongoexp``.
+A hyperopt Mongo URL is ``mongo://[user[:password]@]host[:port]/dbname/collection[?options]``
+(``mongo+ssh://`` tunnels through ``ssh``). Options: ``authSource`` (stock's), and TLS, which stock
+hyperopt never had: ``tls=true``, ``tlsCAFile=<path>`` (verify the server against that CA),
+``tlsCertificateKeyFile=<path>`` (a client certificate, for mutual TLS), ``tlsAllowInvalidHostnames``,
+``tlsInsecure``; and the timeouts ``serverSelectionTimeoutMS``, ``connectTimeoutMS``,
+``socketTimeoutMS``. They go to ``MongoClient`` (:func:`client_options`).
 
-This module belongs to the worker side: it imports nothing from Ansible or the control side.
+This module parses and masks such URLs and turns them into ``MongoClient``/``MongoJobs`` objects
+the way stock ``hyperopt.mongoexp`` does, but with pymongo-4 authentication:
+:mod:`pyhoptcluster.compat.trials` installs :func:`parse_url`, :func:`connection_with_tunnel`,
+:func:`connection_from_string`, :func:`number_of_jobs_in_db` and the ``MongoJobs`` constructors
+below into ``hyperopt.mongoexp``.
+
+It is imported on both sides and imports nothing from Ansible or the control side.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from hyperopt import mongoexp
 __all__ = [
     "DEFAULT_PORT",
     "auth_source",
+    "client_options",
     "connection_from_string",
     "connection_with_tunnel",
     "mask_url",
@@ -89,6 +96,42 @@ def parse_url(url: str, pwfile: str | None = None) -> tuple:
     port = int(tmp.port) if tmp.port is not None else DEFAULT_PORT
 
     return (protocol, username, password, tmp.hostname, port, dbname, collection, authdbname)
+
+
+# URL query options that go to MongoClient (authSource is parse_url's); no secret ever belongs in a URL
+# option (a client key's password would be one), so there is none for it.
+_BOOL_OPTIONS = ("tls", "ssl", "tlsAllowInvalidHostnames", "tlsAllowInvalidCertificates", "tlsInsecure")
+_PATH_OPTIONS = ("tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile")
+_INT_OPTIONS = ("serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS")
+
+
+def client_options(url: str) -> dict[str, Any]:
+    """The ``MongoClient`` options a URL's query names (TLS), typed; ``ValueError`` for an option
+    this layer does not know, so a typo never silently means a plaintext connection."""
+    query = urllib.parse.urlsplit("ftp" + url[url.find(":") :]).query
+    options: dict[str, Any] = {}
+    for key, values in urllib.parse.parse_qs(query, keep_blank_values=True).items():
+        value = values[-1]
+        if key == "authSource":
+            continue
+        if key in _BOOL_OPTIONS:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"the URL option {key} must be true or false, got {value!r}")
+            options[key] = value.lower() == "true"
+        elif key in _PATH_OPTIONS:
+            if not value:
+                raise ValueError(f"the URL option {key} needs a file path")
+            options[key] = value
+        elif key in _INT_OPTIONS:
+            if not value.isdigit():
+                raise ValueError(
+                    f"the URL option {key} must be a whole number of milliseconds, got {value!r}"
+                )
+            options[key] = int(value)
+        else:
+            known = ", ".join(("authSource", *_BOOL_OPTIONS, *_PATH_OPTIONS, *_INT_OPTIONS))
+            raise ValueError(f"unknown option {key!r} in a hyperopt Mongo URL (known: {known})")
+    return options
 
 
 def auth_source(user: str | None, dbname: str, auth_dbname: str | None = None) -> str | None:
@@ -167,8 +210,9 @@ def connection_with_tunnel(
 
 
 def connection_from_string(s, **client_kwargs):
-    """Stock result ``(client, tunnel, database, collection)`` for a URL; extra keyword arguments
-    go to ``MongoClient``."""
+    """Stock result ``(client, tunnel, database, collection)`` for a URL; the URL's TLS options
+    (:func:`client_options`) and extra keyword arguments (which win) go to ``MongoClient``."""
+    client_kwargs = {**client_options(s), **client_kwargs}
     protocol, user, pw, host, port, db, collection, authdb = mongoexp.parse_url(s)
     if protocol == "mongo":
         ssh = False

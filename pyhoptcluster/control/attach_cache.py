@@ -26,7 +26,17 @@ from pyhoptcluster.control.state import STATS_KEY, ClusterInfo
 from pyhoptcluster.errors import PlaybookError
 
 CHECK_TIMEOUT_MS = 1500
-FIELDS = ("server_host", "server_port", "dbname", "username", "password_file", "auth", "service_manager")
+FIELDS = (
+    "server_host",
+    "server_port",
+    "dbname",
+    "username",
+    "password_file",
+    "auth",
+    "service_manager",
+    "tls",
+    "ca_file",
+)
 
 
 def cache_dir() -> Path:

@@ -29,6 +29,9 @@ class ClusterInfo:
     password_file: str | None
     auth: bool
     service_manager: str
+    # TLS: clients verify the server against ca_file (a path on the control node)
+    tls: bool = False
+    ca_file: str | None = None
     workers: dict[str, list[int]] = field(default_factory=dict)
     # host -> the worker venv's runtime report (pyhoptcluster.control.check), for hosts whose runtime this run
     # installed; {} on a warm run
@@ -53,6 +56,8 @@ class ClusterInfo:
                 password_file=data.get("password_file") or None,
                 auth=bool(data.get("auth", True)),
                 service_manager=str(data.get("service_manager", "")),
+                tls=bool(data.get("tls", False)),
+                ca_file=data.get("ca_file") or None,
                 workers=workers,
                 worker_checks=dict(data.get("worker_checks") or {}),
             )
@@ -89,9 +94,29 @@ class ClusterInfo:
                 userinfo += ":" + (quote(secret, safe="") if with_password else secret)
             userinfo += "@"
         url = f"mongo://{userinfo}{host}:{self.server_port}/{self.dbname}"
-        return f"{url}/{collection}" if collection else url
+        url = f"{url}/{collection}" if collection else url
+        tls = self.tls_query()
+        return f"{url}?{tls}" if tls else url
+
+    def tls_options(self) -> dict[str, Any]:
+        """``MongoClient``'s TLS options for this server ({} when it speaks no TLS)."""
+        if not self.tls:
+            return {}
+        return {"tls": True, **({"tlsCAFile": self.ca_file} if self.ca_file else {})}
+
+    def tls_query(self) -> str:
+        """:meth:`tls_options` as URL options (``tls=true&tlsCAFile=…``, '' without TLS), which the
+        compatibility layer hands back to ``MongoClient`` (pyhoptcluster.compat.mongourl.client_options)."""
+        return "&".join(
+            f"{k}={'true' if v is True else quote(str(v), safe='/')}" for k, v in self.tls_options().items()
+        )
 
     def pymongo_uri(self) -> str:
         """``mongodb://…/dbname?authSource=dbname`` for ``pymongo.MongoClient`` (direct access)."""
-        uri = "mongodb://" + self.mongo_url().removeprefix("mongo://") + "?directConnection=true"
-        return f"{uri}&authSource={self.dbname}" if self.auth and self.username else uri
+        base = self.mongo_url().removeprefix("mongo://").split("?", 1)[0]
+        options = ["directConnection=true"]
+        if self.auth and self.username:
+            options.append(f"authSource={self.dbname}")
+        if self.tls:
+            options.append(self.tls_query())
+        return f"mongodb://{base}?{'&'.join(options)}"

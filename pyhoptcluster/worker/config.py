@@ -19,7 +19,7 @@ from typing import Any
 from hyperopt import mongoexp
 
 from pyhoptcluster import validation
-from pyhoptcluster.compat.mongourl import DEFAULT_PORT, mask_url, parse_url
+from pyhoptcluster.compat.mongourl import DEFAULT_PORT, client_options, mask_url, parse_url
 from pyhoptcluster.validation import check_poll_interval
 from pyhoptcluster.worker import liveness
 
@@ -265,6 +265,7 @@ def _parse_mongo_url(url: str, source: str) -> dict[str, Any]:
     mongo_log.setLevel(logging.WARNING)
     try:
         _, user, password, host, port, dbname, collection, _ = parse_url(url)
+        client_options(url)  # a misspelt TLS option must not mean a plaintext connection
     except ValueError as exc:
         raise ConfigError(f"{bad} ({exc})") from None
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 import pymongo
 import pymongo.errors
 
-from pyhoptcluster.compat.mongourl import auth_source, parse_url
+from pyhoptcluster.compat.mongourl import auth_source, client_options, parse_url
 from pyhoptcluster.control.report.reduce import ParamInfo
 from pyhoptcluster.errors import ClusterNotStartedError
 from pyhoptcluster.worker.liveness import WORKERS_COLLECTION
@@ -71,7 +71,9 @@ class Source:
         auth_db: str | None = None,
         timeout: float = 5.0,
         hint: str = "",
+        options: dict[str, Any] | None = None,
     ) -> None:
+        """``options``: more ``MongoClient`` options (TLS, from the URL or the cluster)."""
         self.dbname = dbname
         self.collection = collection
         where = f"[{host}]" if ":" in host else host
@@ -82,6 +84,7 @@ class Source:
         kwargs: dict[str, Any] = {"serverSelectionTimeoutMS": int(timeout * 1000), "connectTimeoutMS": 3000}
         if username:
             kwargs.update(username=username, password=password or "", authSource=auth_db or dbname)
+        kwargs.update(options or {})
         self._client: pymongo.MongoClient = pymongo.MongoClient(host, port, **kwargs)
 
     # -- construction --------------------------------------------------------------------------------
@@ -96,14 +99,33 @@ class Source:
             # (not stock parse_url's pwfile, which drops the last character even without a newline)
             with open(password_file, encoding="utf-8") as f:
                 pw = f.read().rstrip("\r\n")
-        return cls(host, port, db, coll, user, pw, auth_source(user, db, authdb), hint=hint)
+        return cls(
+            host,
+            port,
+            db,
+            coll,
+            user,
+            pw,
+            auth_source(user, db, authdb),
+            hint=hint,
+            options=client_options(url),
+        )
 
     @classmethod
     def from_info(cls, info: Any, hint: str = "") -> Source:
         """From a :class:`pyhoptcluster.control.state.ClusterInfo` (password read from its 0600 file)."""
         user = info.username if info.auth else None
         password = info.password() if user else None
-        return cls(info.server_host, info.server_port, info.dbname, "jobs", user, password, hint=hint)
+        return cls(
+            info.server_host,
+            info.server_port,
+            info.dbname,
+            "jobs",
+            user,
+            password,
+            hint=hint,
+            options=info.tls_options(),
+        )
 
     def close(self) -> None:
         self._client.close()
