@@ -16,7 +16,8 @@ description:
     server answers C(ok=1) or O(timeout) seconds have passed, trying every O(interval) seconds.
   - C(ping) needs no authentication, so this works against a server running with auth on.
   - Uses only the Python standard library (it speaks the wire protocol itself), so it runs on any
-    host's C(python3) without pymongo. Plain TCP only (no TLS).
+    host's C(python3) without pymongo. TLS with O(tls_ca_file) (the C(ssl) module), verifying the
+    server's certificate and its name or address against O(host).
   - Read-only, never reports a change; runs in check mode too.
 options:
   host:
@@ -35,6 +36,10 @@ options:
     description: Seconds between attempts.
     type: float
     default: 0.1
+  tls_ca_file:
+    description: Speak TLS and verify the server against this CA certificate (PEM). Empty, plain TCP.
+    type: path
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -67,6 +72,7 @@ attempts:
 
 import os
 import socket
+import ssl
 import struct
 import time
 
@@ -140,9 +146,13 @@ def _top_level(doc: bytes) -> dict:
     return out
 
 
-def ping_once(host: str, port: int, timeout: float) -> dict:
-    """Send one ping and return the reply's top-level fields."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+def ping_once(host: str, port: int, timeout: float, tls_ca_file: str = "") -> dict:
+    """Send one ping and return the reply's top-level fields (over TLS when a CA is given)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = raw
+        if tls_ca_file:
+            context = ssl.create_default_context(cafile=tls_ca_file)
+            sock = context.wrap_socket(raw, server_hostname=host)
         request_id = int.from_bytes(os.urandom(3), "little")
         payload = struct.pack("<I", 0) + b"\x00" + _bson_ping()
         sock.sendall(_HEADER.pack(_HEADER.size + len(payload), request_id, 0, _OP_MSG) + payload)
@@ -164,6 +174,7 @@ def main() -> None:
             "port": {"type": "int", "default": 27017},
             "timeout": {"type": "float", "default": 30.0},
             "interval": {"type": "float", "default": 0.1},
+            "tls_ca_file": {"type": "path", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -177,7 +188,9 @@ def main() -> None:
         attempts += 1
         attempt_start = time.monotonic()
         try:
-            reply = ping_once(host, port, max(min(deadline - attempt_start, 5.0), interval))
+            reply = ping_once(
+                host, port, max(min(deadline - attempt_start, 5.0), interval), module.params["tls_ca_file"]
+            )
             if reply.get("ok") in (1, 1.0, True):
                 module.exit_json(changed=False, elapsed=round(time.monotonic() - start, 3), attempts=attempts)
             last_error = f"ping answered {reply.get('errmsg') or reply}"

@@ -1,0 +1,93 @@
+"""A cluster the roles bring up with TLS (hyperopt_mongodb_tls: true) on this machine: the CA and the
+server certificate made on the control node with community.crypto, SecantusDB speaking only TLS, the
+workers given the CA, and the URLs the facade publishes carrying ``?tls=true&tlsCAFile=…``. A real
+fmin runs through plain MongoTrials; a plaintext client and a client trusting another CA are refused;
+a second start changes nothing (no new certificate, no restart).
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pymongo
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hyperopt.mongoexp import MongoTrials
+from local_cluster import free_port, make_local_inventory, run_fmin
+from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
+
+from pyhoptcluster import HyperoptCluster
+
+pytestmark = pytest.mark.integration
+
+
+def _other_ca(path: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_the_roles_bring_up_a_tls_cluster_and_fmin_runs_over_it(tmp_path: Path) -> None:
+    port = free_port()
+    tls_dir = tmp_path / "tls"
+    local = make_local_inventory(
+        tmp_path, hyperopt_mongodb_port=port, hyperopt_mongodb_tls=True, hyperopt_mongodb_tls_dir=str(tls_dir)
+    )
+    cluster = HyperoptCluster(str(local.path))
+    try:
+        cluster.start(worker_count=2)
+        ca = tls_dir / "ca.pem"
+        url = cluster.mongo_trial_url
+        assert url.endswith(f"@127.0.0.1:{port}/hyperopt/jobs?tls=true&tlsCAFile={ca}"), url.split("@")[-1]
+        assert oct((tls_dir / "ca.key").stat().st_mode & 0o777) == "0o600"
+        assert oct(tls_dir.stat().st_mode & 0o777) == "0o700"
+        assert oct((local.state_dir / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
+        # the workers were given the CA and connect over TLS: a real fmin through plain MongoTrials
+        worker_conf = (local.worker_state_dir / "worker.conf").read_text()
+        assert f"/hyperopt/jobs?tls=true&tlsCAFile={local.worker_state_dir}/server-ca.pem" in worker_conf
+
+        def objective(x: float) -> float:
+            return (x - 1.0) ** 2
+
+        trials = run_fmin(url, "tls-cluster", 12, 2, objective)
+        assert sum(r["status"] == "ok" for r in trials.results) == 12
+        assert all(t.get("owner") for t in trials.trials)
+
+        # a plaintext client is refused, and so is one that trusts another CA
+        plain = pymongo.MongoClient("127.0.0.1", port, directConnection=True, serverSelectionTimeoutMS=1500)
+        with pytest.raises(PyMongoError):
+            plain.admin.command("ping")
+        plain.close()
+        other = _other_ca(tmp_path / "other-ca.pem")
+        wrong = url.replace(str(ca), str(other)) + "&serverSelectionTimeoutMS=1500"
+        with pytest.raises(ServerSelectionTimeoutError, match=r"(?i)certificate"):
+            MongoTrials(wrong)
+
+        # a second start: same certificate, same server process
+        pids = local.pids()
+        cert = (tls_dir / "server-localhost.pem").read_bytes()
+        cluster.start(worker_count=2)
+        assert (tls_dir / "server-localhost.pem").read_bytes() == cert
+        assert local.pids() == pids
+        # a fresh facade (a restarted notebook) attaches over TLS too
+        assert HyperoptCluster(str(local.path)).status().server.up
+    finally:
+        cluster.cleanup()
+        local.kill_leftovers()
