@@ -43,6 +43,8 @@ def client(info: dict[str, Any], username: str | None = None, password: str | No
         "connectTimeoutMS": TIMEOUT_MS,
         "directConnection": True,
     }
+    if info.get("tls"):  # the server speaks only TLS (hyperopt_mongodb_tls): verify it against its CA
+        kwargs.update(tls=True, tlsCAFile=info["ca_file"])
     if username is not None:
         kwargs.update(username=username, password=password, authSource=info["dbname"])
     return pymongo.MongoClient(**kwargs)
