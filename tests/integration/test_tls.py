@@ -10,7 +10,6 @@ client certificate, and a second, unrelated CA).
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import secrets
 import subprocess
@@ -22,11 +21,10 @@ from pathlib import Path
 import pymongo
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from hyperopt.mongoexp import MongoTrials
 from local_cluster import ROOT, free_port
+from pki import make_ca, make_leaf
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 from worker_procs import objectives, run_fmin, write_config
 
@@ -35,63 +33,6 @@ from pyhoptcluster.control.state import ClusterInfo
 pytestmark = pytest.mark.integration
 
 USER, DB = "pyhoptcluster", "hyperopt"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(key, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    path.chmod(0o600)
-
-
-def _ca(directory: Path, cn: str) -> tuple:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (directory / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
-def _leaf(directory: Path, name: str, ca: tuple, usage, san: list | None = None) -> tuple[Path, Path]:
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, key_path)
-    return cert_path, key_path
 
 
 @dataclass
@@ -106,11 +47,11 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca = _ca(d, "cluster-ca")
-    _ca(d, "other-ca")
+    ca = make_ca(d / "cluster-ca.pem", "cluster-ca")
+    make_ca(d / "other-ca.pem", "other-ca")
     san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    server_cert, server_key = _leaf(d, "server", ca, ExtendedKeyUsageOID.SERVER_AUTH, san)
-    client_cert, client_key = _leaf(d, "client", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
+    server_cert, server_key = make_leaf(d, "server", ca, ExtendedKeyUsageOID.SERVER_AUTH, san)
+    client_cert, client_key = make_leaf(d, "client", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
     client_pem = d / "client-combined.pem"
     client_pem.write_bytes(client_cert.read_bytes() + client_key.read_bytes())
     client_pem.chmod(0o600)

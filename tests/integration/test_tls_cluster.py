@@ -7,41 +7,18 @@ a second start changes nothing (no new certificate, no restart).
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pymongo
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hyperopt.mongoexp import MongoTrials
 from local_cluster import free_port, make_local_inventory, run_fmin
+from pki import make_ca
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from pyhoptcluster import HyperoptCluster
 
 pytestmark = pytest.mark.integration
-
-
-def _other_ca(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 def test_the_roles_bring_up_a_tls_cluster_and_fmin_runs_over_it(tmp_path: Path) -> None:
@@ -75,7 +52,8 @@ def test_the_roles_bring_up_a_tls_cluster_and_fmin_runs_over_it(tmp_path: Path) 
         with pytest.raises(PyMongoError):
             plain.admin.command("ping")
         plain.close()
-        other = _other_ca(tmp_path / "other-ca.pem")
+        other = tmp_path / "other-ca.pem"
+        make_ca(other, "someone else's CA")
         wrong = url.replace(str(ca), str(other)) + "&serverSelectionTimeoutMS=1500"
         with pytest.raises(ServerSelectionTimeoutError, match=r"(?i)certificate"):
             MongoTrials(wrong)

@@ -7,6 +7,7 @@ control node and from a test host.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from hyperopt.mongoexp import MongoTrials
 from local_cluster import run_fmin
 from multihost_env import Multihost, multihost_env
+from pki import make_ca
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
@@ -62,7 +64,7 @@ def test_auto_tls_cluster_over_three_hosts_runs_fmin_and_refuses_plaintext(mh: M
     plain.close()
     # a client that trusts any other CA is refused
     other = mh.tmp / "other-ca.pem"
-    other.write_bytes(_foreign_ca())
+    make_ca(other, "another cluster's CA")
     with pytest.raises(ServerSelectionTimeoutError, match=r"(?i)certificate"):
         MongoTrials(url.replace(str(ca), str(other)) + "&serverSelectionTimeoutMS=1500")
 
@@ -81,7 +83,7 @@ def test_auto_tls_cluster_over_three_hosts_runs_fmin_and_refuses_plaintext(mh: M
         "        c.close()\n"
         "print(ping(tls=True, tlsCAFile='/var/lib/pyhoptcluster-worker/server-ca.pem'), ping())\n"
     )
-    out = mh.ssh(host, f"/opt/pyhoptcluster/worker-venv/bin/python -c {_quote(check)}").split()
+    out = mh.ssh(host, f"/opt/pyhoptcluster/worker-venv/bin/python -c {shlex.quote(check)}").split()
     assert out[0] == "1.0", out
     assert out[1] != "1.0", out
 
@@ -96,34 +98,3 @@ def test_auto_tls_cluster_over_three_hosts_runs_fmin_and_refuses_plaintext(mh: M
     ).splitlines()
     assert modes[0].startswith("600 hyperopt-worker "), modes
     assert modes[1].startswith("644 "), modes
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
-def _foreign_ca() -> bytes:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another cluster's CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
