@@ -186,8 +186,10 @@ def test_password_comes_back_as_a_private_copy_on_the_control_node(remote, start
     assert remote.controller_dir.stat().st_mode & 0o777 == 0o700
     digest = hashlib.sha256(remote.password_copy.read_bytes()).hexdigest()
     assert digest == remote.sha256_on_server(f"{SERVER_STATE}/mongodb.password")
-    # only the copy lives on the control node: no server state there
-    assert sorted(p.name for p in remote.controller_dir.iterdir()) == ["mongodb.password"]
+    # only the copy and the cluster's CA (TLS is on: the server is on another host) live on the control
+    # node: no server state there
+    assert sorted(p.name for p in remote.controller_dir.iterdir()) == ["mongodb.password", "pki"]
+    assert (remote.controller_dir / "pki").stat().st_mode & 0o777 == 0o700
     # never in the playbook output of the cold start, nor on a command line on either side
     password = remote.password_copy.read_text().strip()
     assert len(password) == 32
