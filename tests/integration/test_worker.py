@@ -82,7 +82,8 @@ def test_sigterm_mid_job_puts_job_back_to_new(mongo_server_auth, workers, tmp_pa
 
     driver = FminThread(url, exp_key, objectives.gated, 1)
     driver.start()
-    wait_for(started_file.exists, 60, "the objective to start")
+    # the objective creates the file, then writes its pid: wait for the line, not just the file
+    wait_for(lambda: started_file.exists() and started_file.read_text().strip(), 60, "the objective to start")
     job_pid = int(started_file.read_text().split()[0])
     [job] = all_jobs(server, exp_key)
     assert job["state"] == JOB_STATE_RUNNING and job["owner"] == first.owner
