@@ -8,6 +8,7 @@ shared (installing them is slow and they hold no state).
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import signal
@@ -43,9 +44,16 @@ class Supervisor:
         cmd = [str(ctl), "-c", str(self.dir / "supervisord.conf"), *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
+    @property
+    def sock(self) -> Path:
+        """supervisord's socket, as its config says (in /tmp when the supervisor dir's path is too long)."""
+        conf = configparser.RawConfigParser()
+        conf.read(self.dir / "supervisord.conf")
+        return Path(conf.get("unix_http_server", "file", fallback=str(self.dir / "supervisor.sock")))
+
     def status(self) -> dict[str, tuple[str, int | None]]:
         """Program -> (state, pid) as ``supervisorctl status`` says ({} when supervisord does not answer)."""
-        if not (self.dir / "supervisor.sock").exists():
+        if not self.sock.exists():
             return {}
         proc = self.ctl("status")
         if proc.returncode > 3:
@@ -99,6 +107,8 @@ class Supervisor:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        if self.sock.parent != self.dir:  # the socket's own dir in /tmp (a supervisor dir too long for it)
+            shutil.rmtree(self.sock.parent, ignore_errors=True)
 
 
 @dataclass

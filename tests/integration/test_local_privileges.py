@@ -77,8 +77,8 @@ def test_a_second_local_user_reads_no_secret_and_cannot_drive_supervisord(
         listing = _as(other_user, "ls", str(local.state_dir / "db"))
         assert listing.returncode != 0 and "Permission denied" in listing.stderr, listing
         # supervisord's control socket (start, stop, tail the server and the workers)
-        socket = local.state_dir / "supervisor" / "supervisor.sock"
-        assert socket.exists()
+        socket = local.supervisor.sock
+        assert socket.is_socket()
         ctl = _as(
             other_user,
             "python3",

@@ -64,7 +64,10 @@ def wait_log(path: Path, text: str, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("supervision")
+    # a state dir too deep for supervisord's socket (it binds "<socket>.<pid>", 107 bytes at most): the
+    # socket goes to a short directory of its own in /tmp, the rest stays in the supervisor dir
+    tmp = tmp_path_factory.mktemp("supervision") / ("a-state-dir-deeper-than-a-unix-socket-address-" * 2)
+    tmp.mkdir()
     workdir = tmp / "workdir"
     inv = make_local_inventory(tmp, hyperopt_mongodb_port=free_port(), hyperopt_worker_workdir=str(workdir))
     c = Cluster(inv, workdir, {})
@@ -87,6 +90,12 @@ def test_one_supervisord_runs_the_server_and_both_workers(cluster: Cluster) -> N
     conf = (cluster.inv.supervisor.dir / "supervisord.conf").read_text()
     assert "[inet_http_server]" not in conf
     assert (cluster.inv.supervisor.dir.stat().st_mode & 0o777) == 0o700
+    sock = cluster.inv.supervisor.sock
+    assert len(str(cluster.inv.supervisor.dir / "supervisor.sock")) > 99
+    assert sock.is_socket() and sock.parent.parent == Path("/tmp"), sock
+    assert sock.parent.name.startswith(f"pyhoptcluster-{os.getuid()}-")
+    assert sock.parent.stat().st_uid == os.getuid() and (sock.parent.stat().st_mode & 0o777) == 0o700
+    assert (sock.stat().st_mode & 0o777) == 0o700
     password = (cluster.inv.state_dir / "mongodb.password").read_text().strip()
     for path in cluster.inv.supervisor.dir.rglob("*.conf"):
         assert password not in path.read_text(), path
@@ -232,3 +241,4 @@ def test_stop_leaves_no_supervisord_and_no_program(cluster: Cluster) -> None:
     assert wait_gone(pids) == []
     assert sup.supervisord_pid() is None
     assert list((sup.dir / "programs").iterdir()) == []
+    assert not sup.sock.parent.exists()  # the socket's own dir in /tmp is removed with supervisord
