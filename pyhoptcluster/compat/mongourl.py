@@ -234,6 +234,10 @@ def number_of_jobs_in_db(options):
 
 # --------------------------------------------------------------------------- MongoJobs constructors
 
+# the URL a handle was built from and its GridFS collection: what credentials.renew() rebuilds it with
+HANDLE_URL_ATTR = "_pyhoptcluster_url"
+HANDLE_GFS_ATTR = "_pyhoptcluster_gfs_coll"
+
 
 @classmethod
 def jobs_alloc(
@@ -261,4 +265,8 @@ def jobs_new_from_connection_str(cls, conn_str, gfs_coll="fs", config_name="spec
     """``MongoJobs.new_from_connection_str``; extra keyword arguments go to ``MongoClient``."""
     connection, tunnel, db, coll = mongoexp.connection_from_string(conn_str, **client_kwargs)
     gfs = gridfs.GridFS(db, collection=gfs_coll)
-    return cls(db, coll, gfs, connection, tunnel, config_name)
+    handle = cls(db, coll, gfs, connection, tunnel, config_name)
+    if not client_kwargs:  # what credentials.renew() rebuilds after a password rotation
+        setattr(handle, HANDLE_URL_ATTR, conn_str)
+        setattr(handle, HANDLE_GFS_ATTR, gfs_coll)
+    return handle

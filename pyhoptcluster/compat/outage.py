@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import pymongo.errors
 from bson import ObjectId
 
+from pyhoptcluster.compat import credentials
 from pyhoptcluster.worker import liveness
 
 log = logging.getLogger("pyhoptcluster.compat.driver")
@@ -57,8 +58,13 @@ def outage_timeout() -> float:
     return value
 
 
-def retrying(fn: F) -> F:
-    """``fn`` retried through connection failures for up to :func:`outage_timeout` seconds."""
+def retrying(fn: F, handle: Any = None) -> F:
+    """``fn`` retried through connection failures for up to :func:`outage_timeout` seconds.
+
+    An authentication failure of a ``MongoJobs`` handle (``handle``, else the first argument's
+    ``.handle``: a ``MongoTrials``) whose password file is known is a rotated password
+    (:mod:`.credentials`): the handle is rebuilt with the password the file holds now, and retried
+    like an outage until the server takes it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -69,7 +75,18 @@ def retrying(fn: F) -> F:
                 result = fn(*args, **kwargs)
             except ServerOutageError:
                 raise
-            except pymongo.errors.ConnectionFailure as exc:
+            except (pymongo.errors.ConnectionFailure, pymongo.errors.OperationFailure) as exc:
+                if isinstance(exc, pymongo.errors.OperationFailure):
+                    target = handle
+                    if target is None and args:
+                        target = getattr(args[0], "handle", None)
+                    if not (credentials.is_auth_error(exc) and credentials.tracks(target)):
+                        raise
+                    try:
+                        if credentials.renew(target):
+                            continue
+                    except pymongo.errors.PyMongoError as renew_exc:  # the server is not there yet
+                        exc = renew_exc
                 now = time.monotonic()
                 limit = outage_timeout()
                 if started is None:
@@ -94,11 +111,13 @@ def retrying(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def insert_once(collection: Any, doc: dict[str, Any]) -> Any:
-    """Insert ``doc`` through an outage without ever inserting it twice; returns its ``_id``."""
+def insert_once(handle: Any, doc: dict[str, Any]) -> Any:
+    """Insert ``doc`` into ``handle.jobs`` (a ``MongoJobs``) through an outage or a password rotation
+    without ever inserting it twice; returns its ``_id``."""
     doc.setdefault("_id", ObjectId())
 
     def attempt() -> Any:
+        collection = handle.jobs  # a rotation gives the handle a new client between attempts
         try:
             return collection.insert_one(doc).inserted_id
         except pymongo.errors.DuplicateKeyError as exc:
@@ -109,7 +128,7 @@ def insert_once(collection: Any, doc: dict[str, Any]) -> Any:
                 return doc["_id"]
             raise
 
-    return retrying(attempt)()
+    return retrying(attempt, handle=handle)()
 
 
 def with_sweep(count: Callable[..., int]) -> Callable[..., int]:

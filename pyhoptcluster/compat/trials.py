@@ -243,7 +243,7 @@ def _trials_insert_trial_docs(self, docs):
     rval = []
     for doc in docs:
         _check_keys(doc)
-        rval.append(outage.insert_once(self.handle.jobs, doc))
+        rval.append(outage.insert_once(self.handle, doc))
     refresh.inserted(self, rval)
     return rval
 

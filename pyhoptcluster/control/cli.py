@@ -82,8 +82,16 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
     )
     drain.add_argument("--no-wait", action="store_true", help="only ask the workers; do not wait for them")
     drain.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    for cmd in (check, scale, status, exps, delete, logs, drain):
+    rotate = sub.add_parser(
+        "rotate-password",
+        help="give the experiment user a new password; workers restart with it, no trial is lost",
+    )
+    rotate.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    for cmd in (check, scale, status, exps, delete, logs, drain, rotate):
         cmd.add_argument("-i", "--inventory", required=True, help="Ansible inventory file or directory")
+
+
+OPERATIONS = ("check", "scale", "status", "experiments", "delete", "logs", "drain", "rotate-password")
 
 
 def _operation(args: argparse.Namespace) -> int:
@@ -103,6 +111,11 @@ def _operation(args: argparse.Namespace) -> int:
         return 0 if result.server.up else 1
     if args.command == "logs":
         return _logs(cluster, args)
+    if args.command == "rotate-password":
+        rotated = HyperoptCluster(args.inventory, progress=not args.quiet)
+        rotated.rotate_password()
+        print(f"new password in {rotated.info.password_file}; running fmin drivers pick it up from there")
+        return 0
     if args.command == "drain":
         return _drain(HyperoptCluster(args.inventory, progress=not (args.quiet or args.no_wait)), args)
     if args.command == "experiments":
@@ -158,7 +171,7 @@ def _drain(cluster: HyperoptCluster, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("check", "scale", "status", "experiments", "delete", "logs", "drain"):
+        if args.command in OPERATIONS:
             return _operation(args)
         if args.command in report_commands.COMMANDS:
             return report_commands.run(args)

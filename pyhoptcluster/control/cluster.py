@@ -21,6 +21,7 @@ from pyhoptcluster.control.launchers import (
     WorkerLauncher,
     default_pip_packages,
     read_info,
+    rotate_both,
     start_both,
     stop_both,
     worker_check,
@@ -140,6 +141,20 @@ class HyperoptCluster:
             self._workers.cleanup()
         finally:
             self._master.cleanup()
+
+    def rotate_password(self, debug: bool = False) -> None:
+        """Give the experiment user a new generated password (``playbooks/rotate.yml``): every worker
+        config gets it and running workers restart (their running trials go back to the queue first),
+        then the server's user is updated and the server restarts. No trial is lost; an ``fmin`` whose
+        ``MongoTrials`` got its URL from :attr:`mongo_trial_url` re-reads the password file and goes
+        on. Ports, worker counts and data are kept. Built-in launchers only."""
+        master, workers = self._master, self._workers
+        if not (isinstance(master, LocalMongoLauncher) and isinstance(workers, RoundRobinLauncher)):
+            raise TypeError(
+                "rotate_password() needs the built-in launchers (LocalMongoLauncher, RoundRobinLauncher)"
+            )
+        rotate_both(master, workers, debug=debug)
+        self._read_info = None
 
     def print_log(self) -> None:
         """Print the output of every playbook run made for this cluster (secrets are never in it);

@@ -26,6 +26,7 @@ from pyhoptcluster.validation import check_dbname, check_poll_interval, check_po
 _TITLES = {
     "site.yml": "pyhoptcluster: starting the cluster",
     "stop.yml": "pyhoptcluster: stopping the cluster",
+    "rotate.yml": "pyhoptcluster: rotating the database password",
 }
 MASTER_TAG = "hyperopt_mongodb"
 WORKER_TAG = "hyperopt_worker"
@@ -239,6 +240,16 @@ def start_both(
     run = master._run("site.yml", None, extravars, debug)
     workers.runs.append(run)
     workers.info = master._publish(run)
+
+
+def rotate_both(master: LocalMongoLauncher, workers: RoundRobinLauncher, debug: bool) -> ClusterInfo:
+    """A new experiment password in one run of ``rotate.yml``: the password file, then the workers'
+    configs (running workers restart and hand their trials back), then the server's user (the server
+    restarts). Ports, worker counts and data are kept."""
+    run = master._run("rotate.yml", None, dict(workers._extravars), debug)
+    workers.runs.append(run)
+    workers.info = master._publish(run)
+    return workers.info
 
 
 def stop_both(master: LocalMongoLauncher, workers: RoundRobinLauncher) -> None:

@@ -96,7 +96,14 @@ class ClusterInfo:
         url = f"mongo://{userinfo}{host}:{self.server_port}/{self.dbname}"
         url = f"{url}/{collection}" if collection else url
         tls = self.tls_query()
-        return f"{url}?{tls}" if tls else url
+        url = f"{url}?{tls}" if tls else url
+        if with_password and userinfo and self.password_file:
+            # a driver given this URL re-reads the password there after a rotation (imported here:
+            # the compatibility layer loads hyperopt, which the control side's other paths need not)
+            from pyhoptcluster.compat import credentials
+
+            credentials.remember(url, self.password_file)
+        return url
 
     def tls_options(self) -> dict[str, Any]:
         """``MongoClient``'s TLS options for this server ({} when it speaks no TLS)."""
