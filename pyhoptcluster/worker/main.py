@@ -117,6 +117,8 @@ log = logging.getLogger("pyhoptcluster.worker.main")
 EXIT_STOPPED, EXIT_GAVE_UP, EXIT_CONFIG = 0, 1, 2
 # seconds each database call of the shutdown (handing jobs back, the last record) may take
 SHUTDOWN_OP_TIMEOUT = 3.0
+# longest wait between two tries of a refused password (one authentication per worker and 2 s at most)
+AUTH_RETRY_MAX = 2.0
 
 
 def _is_auth_error(exc: BaseException) -> bool:
@@ -181,6 +183,10 @@ class Worker:
             except pymongo.errors.PyMongoError as exc:
                 delay = backoff.next()
                 if _is_auth_error(exc):
+                    # a password rotation gives the workers the new password before the server takes
+                    # it (playbooks/rotate.yml): retry soon, not after the connection backoff's 30 s
+                    delay = min(delay, AUTH_RETRY_MAX)
+                    backoff.delay = min(backoff.delay, AUTH_RETRY_MAX)  # nor when the server restarts next
                     log.error(
                         "authentication failed for %s (%s); check %sMONGO_URL; retrying in %.1f s",
                         self.config.masked_url,

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
+import pymongo.errors
 import pytest
 import yaml
+from hyperopt import JOB_STATE_DONE
+from hyperopt.mongoexp import MongoTrials
 from local_cluster import all_cmdlines, port_is_free, run_fmin
 from multihost_env import Multihost, multihost_env
 
@@ -243,6 +246,50 @@ def test_check_mode_on_the_running_cluster_does_not_fail(remote, started):
     proc = remote.playbook("site.yml", "--check")
     assert {host: n for host, n in recap(proc.stdout).items() if n} == {}, proc.stdout
     assert remote.unit() == ("active", pid)
+
+
+def test_rotation_reaches_the_server_host_the_copy_and_the_workers(remote, started):
+    old = remote.password_copy.read_text().strip()
+    old_url = started.cluster.mongo_trial_url
+    _, pid = remote.unit()
+    old_workers = {(w.host, w.instance): w.pid for w in started.cluster.status().workers}
+    assert len(old_workers) == 4 and all(old_workers.values()), old_workers
+    started.cluster.rotate_password()
+    new = remote.password_copy.read_text().strip()
+    assert new != old and len(new) == 32
+    assert remote.password_copy.stat().st_mode & 0o777 == 0o600
+    digest = hashlib.sha256(remote.password_copy.read_bytes()).hexdigest()
+    assert digest == remote.sha256_on_server(f"{SERVER_STATE}/mongodb.password")
+    assert remote.unit()[0] == "active" and remote.unit()[1] != pid  # the server restarted with it
+    output = started.workers.runs[-1].output
+    assert output and old not in output and new not in output
+    # the four workers on the two systemd hosts restarted with it, and each new process's job loop
+    # connected (its heartbeat connects on its own, so "idle" alone does not say that)
+    deadline = time.monotonic() + 90
+    while True:
+        now = {(w.host, w.instance): (w.state, w.pid) for w in started.cluster.status().workers}
+        connected = {
+            (line.host, line.instance)
+            for line in started.cluster.logs(lines=40)
+            if "connected to" in line.text
+            and now.get((line.host, line.instance), ("", None))[1] is not None
+            and f" {now[(line.host, line.instance)][1]} " in line.text
+        }
+        if all(now.get(k, ("", p))[1] != p and k in connected for k, p in old_workers.items()):
+            break
+        assert time.monotonic() < deadline, (old_workers, now, connected)
+        time.sleep(1)
+    # a fmin is evaluated on both hosts
+    trials = run_fmin(started.cluster.mongo_trial_url, "remote-rotated", 40, workers=4, objective=objective)
+    assert len(trials.trials) == 40 and all(d["result"]["status"] == "ok" for d in trials.trials)
+    owners = {str(d["owner"]).split(":")[0] for d in trials.trials}
+    if owners != {remote.mh.hostnames[ip] for ip in remote.workers}:
+        status = started.cluster.status().workers
+        lines = [f"{x.host} {x.instance} {x.text}" for x in started.cluster.logs(lines=15) if x.instance]
+        raise AssertionError(f"{owners}\n{status}\n" + "\n".join(lines))
+    # and the old password is refused
+    with pytest.raises(pymongo.errors.OperationFailure, match=r"(?i)auth"):
+        MongoTrials(old_url, exp_key="remote-rotated").count_by_state_unsynced(JOB_STATE_DONE)
 
 
 def test_cleanup_stops_the_server_on_its_host(remote, started):
