@@ -120,5 +120,15 @@ def write_pngs(exp: Experiment, directory: str | os.PathLike[str]) -> list[Path]
     directory.mkdir(parents=True, exist_ok=True)
     figures = all_figures(exp)
     paths = [directory / f"{name}.png" for name in figures]
+    for path in paths:
+        path.unlink(missing_ok=True)  # so a file left by an earlier run never passes for this one's
     pio.write_images(list(figures.values()), paths, width=1100)
+    # kaleido's batch once left one figure out without an error (a loaded CI machine): render each
+    # missing one on its own, and never report a PNG that is not there
+    for figure, path in zip(figures.values(), paths, strict=True):
+        if not path.is_file() or path.stat().st_size == 0:
+            pio.write_image(figure, path, width=1100)
+    missing = [p.name for p in paths if not p.is_file() or p.stat().st_size == 0]
+    if missing:
+        raise RuntimeError(f"kaleido wrote no {', '.join(missing)} in {directory}; run the report again")
     return paths
