@@ -40,6 +40,10 @@ options:
     description: Speak TLS and verify the server against this CA certificate (PEM). Empty, plain TCP.
     type: path
     default: ""
+  tls_client_file:
+    description: With O(tls_ca_file), present this client certificate and its key (one PEM; mutual TLS).
+    type: path
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -146,12 +150,15 @@ def _top_level(doc: bytes) -> dict:
     return out
 
 
-def ping_once(host: str, port: int, timeout: float, tls_ca_file: str = "") -> dict:
-    """Send one ping and return the reply's top-level fields (over TLS when a CA is given)."""
+def ping_once(host: str, port: int, timeout: float, tls_ca_file: str = "", tls_client_file: str = "") -> dict:
+    """Send one ping and return the reply's top-level fields (over TLS when a CA is given, presenting
+    the client certificate in ``tls_client_file`` when one is given)."""
     with socket.create_connection((host, port), timeout=timeout) as raw:
         sock = raw
         if tls_ca_file:
             context = ssl.create_default_context(cafile=tls_ca_file)
+            if tls_client_file:
+                context.load_cert_chain(tls_client_file)
             sock = context.wrap_socket(raw, server_hostname=host)
         request_id = int.from_bytes(os.urandom(3), "little")
         payload = struct.pack("<I", 0) + b"\x00" + _bson_ping()
@@ -175,6 +182,7 @@ def main() -> None:
             "timeout": {"type": "float", "default": 30.0},
             "interval": {"type": "float", "default": 0.1},
             "tls_ca_file": {"type": "path", "default": ""},
+            "tls_client_file": {"type": "path", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -189,7 +197,11 @@ def main() -> None:
         attempt_start = time.monotonic()
         try:
             reply = ping_once(
-                host, port, max(min(deadline - attempt_start, 5.0), interval), module.params["tls_ca_file"]
+                host,
+                port,
+                max(min(deadline - attempt_start, 5.0), interval),
+                module.params["tls_ca_file"],
+                module.params["tls_client_file"],
             )
             if reply.get("ok") in (1, 1.0, True):
                 module.exit_json(changed=False, elapsed=round(time.monotonic() - start, 3), attempts=attempts)

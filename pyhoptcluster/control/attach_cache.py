@@ -36,6 +36,7 @@ FIELDS = (
     "service_manager",
     "tls",
     "ca_file",
+    "client_file",
 )
 
 

@@ -32,6 +32,8 @@ class ClusterInfo:
     # TLS: clients verify the server against ca_file (a path on the control node)
     tls: bool = False
     ca_file: str | None = None
+    # mutual TLS: the client certificate with its key that clients present (a path on the control node)
+    client_file: str | None = None
     workers: dict[str, list[int]] = field(default_factory=dict)
     # host -> the worker venv's runtime report (pyhoptcluster.control.check), for hosts whose runtime this run
     # installed; {} on a warm run
@@ -58,6 +60,7 @@ class ClusterInfo:
                 service_manager=str(data.get("service_manager", "")),
                 tls=bool(data.get("tls", False)),
                 ca_file=data.get("ca_file") or None,
+                client_file=data.get("client_file") or None,
                 workers=workers,
                 worker_checks=dict(data.get("worker_checks") or {}),
             )
@@ -109,7 +112,12 @@ class ClusterInfo:
         """``MongoClient``'s TLS options for this server ({} when it speaks no TLS)."""
         if not self.tls:
             return {}
-        return {"tls": True, **({"tlsCAFile": self.ca_file} if self.ca_file else {})}
+        options: dict[str, Any] = {"tls": True}
+        if self.ca_file:
+            options["tlsCAFile"] = self.ca_file
+        if self.client_file:
+            options["tlsCertificateKeyFile"] = self.client_file
+        return options
 
     def tls_query(self) -> str:
         """:meth:`tls_options` as URL options (``tls=true&tlsCAFile=…``, '' without TLS), which the

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from hyperopt.mongoexp import MongoTrials
 from local_cluster import free_port, make_local_inventory, run_fmin
-from pki import make_ca
+from pki import make_ca, make_leaf
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from pyhoptcluster import HyperoptCluster
@@ -66,6 +67,59 @@ def test_the_roles_bring_up_a_tls_cluster_and_fmin_runs_over_it(tmp_path: Path) 
         assert local.pids() == pids
         # a fresh facade (a restarted notebook) attaches over TLS too
         assert HyperoptCluster(str(local.path)).status().server.up
+    finally:
+        cluster.cleanup()
+        local.kill_leftovers()
+
+
+def test_mutual_tls_gives_workers_and_driver_a_client_certificate_and_refuses_others(tmp_path: Path) -> None:
+    port = free_port()
+    tls_dir = tmp_path / "tls"
+    local = make_local_inventory(
+        tmp_path,
+        hyperopt_mongodb_port=port,
+        hyperopt_mongodb_tls=True,
+        hyperopt_mongodb_tls_client_certs=True,
+        hyperopt_mongodb_tls_dir=str(tls_dir),
+    )
+    cluster = HyperoptCluster(str(local.path))
+    try:
+        cluster.start(worker_count=2)
+        ca, client = tls_dir / "ca.pem", tls_dir / "client.pem"
+        url = cluster.mongo_trial_url
+        assert url.endswith(f"?tls=true&tlsCAFile={ca}&tlsCertificateKeyFile={client}"), url.split("@")[-1]
+        assert oct(client.stat().st_mode & 0o777) == "0o600"
+        assert "PRIVATE KEY" in client.read_text() and "CERTIFICATE" in client.read_text()
+        worker_client = local.worker_state_dir / "client.pem"
+        assert oct(worker_client.stat().st_mode & 0o777) == "0o600"
+        worker_conf = (local.worker_state_dir / "worker.conf").read_text()
+        assert f"&tlsCertificateKeyFile={worker_client}" in worker_conf
+        assert "require_client_cert = true" in (local.state_dir / "secantusd.toml").read_text()
+
+        # the workers and the driver present theirs: a real fmin through plain MongoTrials
+        def objective(x: float) -> float:
+            return (x + 1.0) ** 2
+
+        trials = run_fmin(url, "mutual-tls", 8, 2, objective)
+        assert sum(r["status"] == "ok" for r in trials.results) == 8
+        assert cluster.status().server.up  # the facade's own client presents it too
+
+        # a client that trusts the CA but has no certificate is refused, as is one of another CA
+        no_cert = url.split("&tlsCertificateKeyFile=")[0] + "&serverSelectionTimeoutMS=1500"
+        with pytest.raises(PyMongoError):
+            MongoTrials(no_cert)
+        other = make_ca(tmp_path / "other-ca.pem", "someone else's CA")
+        cert, key = make_leaf(tmp_path, "intruder", other, ExtendedKeyUsageOID.CLIENT_AUTH)
+        intruder = tmp_path / "intruder-combined.pem"
+        intruder.write_text(cert.read_text() + key.read_text())
+        with pytest.raises(PyMongoError):
+            MongoTrials(url.replace(str(client), str(intruder)) + "&serverSelectionTimeoutMS=1500")
+
+        # a second start changes nothing: same client certificate, same processes
+        pids, pem = local.pids(), client.read_bytes()
+        cluster.start(worker_count=2)
+        assert client.read_bytes() == pem
+        assert local.pids() == pids
     finally:
         cluster.cleanup()
         local.kill_leftovers()
