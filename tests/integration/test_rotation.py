@@ -140,6 +140,12 @@ def test_rotation_during_a_running_fmin_loses_no_trial(
         for secret in (old, new, newest):
             assert secret not in printed.out + printed.err + logged
         assert str(password_file) in printed.out
+
+        # check mode reports and changes nothing: same password, same processes
+        pids = local.pids()
+        local.playbook("rotate.yml", "--check")
+        assert password_file.read_text().strip() == newest
+        assert local.pids() == pids
     finally:
         cluster.cleanup()
         local.kill_leftovers()
