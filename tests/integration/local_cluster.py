@@ -9,19 +9,23 @@ shared (installing them is slow and they hold no state).
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pymongo
 import yaml
-from hyperopt import fmin, hp, tpe
+from hyperopt import fmin, hp, rand, tpe
 from hyperopt.mongoexp import MongoTrials
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +138,22 @@ class LocalInventory:
         """Live pids of this cluster's server and workers (program -> pid), as its supervisord says."""
         return self.supervisor.pids()
 
+    def client(self, password: str | None = None, timeout_ms: int = 10000) -> pymongo.MongoClient:
+        """An authenticated client of this cluster's server (server.json), with ``password`` or, by
+        default, what the password file holds now."""
+        info = json.loads((self.state_dir / "server.json").read_text())
+        if password is None:
+            password = (self.state_dir / "mongodb.password").read_text().strip()
+        return pymongo.MongoClient(
+            "127.0.0.1",
+            int(info["port"]),
+            username=info["username"],
+            password=password,
+            authSource=info["dbname"],
+            directConnection=True,
+            serverSelectionTimeoutMS=timeout_ms,
+        )
+
     def kill_leftovers(self) -> None:
         self.supervisor.kill()
 
@@ -163,6 +183,32 @@ def run_fmin(
     )
     trials.refresh()
     return trials
+
+
+def fmin_in_background(
+    trials: MongoTrials, objective: Callable[[float], Any], n: int, max_queue_len: int
+) -> tuple[threading.Thread, list[BaseException]]:
+    """A started daemon thread running ``fmin`` (rand.suggest) of ``n`` trials into ``trials``, and
+    the list that gets what it raised (join the thread, then assert the list is empty)."""
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            fmin(
+                objective,
+                hp.uniform("x", -5, 5),
+                algo=rand.suggest,
+                max_evals=n,
+                trials=trials,
+                max_queue_len=max_queue_len,
+                show_progressbar=False,
+            )
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    return driver, errors
 
 
 def make_local_inventory(tmp: Path, **group_vars: object) -> LocalInventory:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,9 @@ from pathlib import Path
 import cloudpickle
 import pymongo
 import pytest
-from hyperopt import fmin, hp, rand
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING
 from hyperopt.mongoexp import MongoTrials
-from local_cluster import LocalInventory, free_port, make_local_inventory
+from local_cluster import LocalInventory, fmin_in_background, free_port, make_local_inventory
 from worker_procs import wait_for
 
 from pyhoptcluster import HyperoptCluster
@@ -59,24 +57,7 @@ def test_killed_worker_and_killed_server_come_back_and_the_experiment_completes(
         cluster.dbname
     ].jobs
     trials = MongoTrials(cluster.mongo_trial_url, exp_key="overnight")
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            fmin(
-                objective,
-                hp.uniform("x", -5, 5),
-                algo=rand.suggest,
-                max_evals=N,
-                trials=trials,
-                max_queue_len=2,
-                show_progressbar=False,
-            )
-        except BaseException as exc:
-            errors.append(exc)
-
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
+    driver, errors = fmin_in_background(trials, objective, N, max_queue_len=2)
 
     # kill -9 worker 1 while it runs a trial
     old_worker = sup.pids()["hyperopt-worker-1"]

@@ -6,16 +6,14 @@ one accepted, workers and server restarted with it, and no playbook output holds
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from pathlib import Path
 
 import pymongo
 import pytest
-from hyperopt import STATUS_OK, fmin, hp, rand
+from hyperopt import STATUS_OK
 from hyperopt.mongoexp import MongoTrials
-from local_cluster import free_port, make_local_inventory
+from local_cluster import LocalInventory, fmin_in_background, free_port, make_local_inventory
 from pymongo.errors import OperationFailure
 
 from pyhoptcluster import HyperoptCluster
@@ -26,23 +24,9 @@ pytestmark = pytest.mark.integration
 N_TRIALS = 60  # of 1 s each on 2 workers: about 30 s, the rotation starts after 4
 
 
-def _client(state_dir: Path, password: str) -> pymongo.MongoClient:
-    info = json.loads((state_dir / "server.json").read_text())
-    return pymongo.MongoClient(
-        "127.0.0.1",
-        int(info["port"]),
-        username=info["username"],
-        password=password,
-        authSource=info["dbname"],
-        directConnection=True,
-        serverSelectionTimeoutMS=5000,
-    )
-
-
-def _done(state_dir: Path, exp_key: str) -> int:
+def _done(local: LocalInventory, exp_key: str) -> int:
     """DONE trials of ``exp_key``, with whatever password the file holds now (0 while the server restarts)."""
-    password = (state_dir / "mongodb.password").read_text().strip()
-    client = _client(state_dir, password)
+    client = local.client(timeout_ms=5000)
     try:
         return client.hyperopt.jobs.count_documents({"exp_key": exp_key, "state": 2})
     except pymongo.errors.PyMongoError:
@@ -69,28 +53,11 @@ def test_rotation_during_a_running_fmin_loses_no_trial(
             return {"loss": x * x, "status": STATUS_OK}
 
         trials = MongoTrials(cluster.mongo_trial_url, exp_key="rotation")
-        failure: list[BaseException] = []
-
-        def drive() -> None:
-            try:
-                fmin(
-                    objective,
-                    hp.uniform("x", -5, 5),
-                    algo=rand.suggest,
-                    max_evals=N_TRIALS,
-                    trials=trials,
-                    max_queue_len=2,
-                    show_progressbar=False,
-                )
-            except BaseException as exc:  # reported by the main thread
-                failure.append(exc)
-
-        driver = threading.Thread(target=drive, daemon=True)
-        driver.start()
+        driver, failure = fmin_in_background(trials, objective, N_TRIALS, max_queue_len=2)
         deadline = time.monotonic() + 120
-        while _done(local.state_dir, "rotation") < 4 and time.monotonic() < deadline:
+        while _done(local, "rotation") < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _done(local.state_dir, "rotation") >= 4, "the experiment did not get going"
+        assert _done(local, "rotation") >= 4, "the experiment did not get going"
 
         began = time.monotonic()
         cluster.rotate_password()
@@ -98,7 +65,7 @@ def test_rotation_during_a_running_fmin_loses_no_trial(
         new = password_file.read_text().strip()
         assert new != old and len(new) == 32
         assert oct(password_file.stat().st_mode & 0o777) == "0o600"
-        rotated_at = _done(local.state_dir, "rotation")
+        rotated_at = _done(local, "rotation")
         assert rotated_at < N_TRIALS, "the experiment ended before the rotation: make it longer"
 
         driver.join(timeout=300)
@@ -106,7 +73,7 @@ def test_rotation_during_a_running_fmin_loses_no_trial(
         assert not failure, failure
 
         # every trial finished exactly once, none failed
-        client = _client(local.state_dir, new)
+        client = local.client(new, timeout_ms=5000)
         docs = list(client.hyperopt.jobs.find({"exp_key": "rotation"}, {"tid": 1, "state": 1, "result": 1}))
         assert len(docs) == N_TRIALS
         assert len({d["tid"] for d in docs}) == N_TRIALS
@@ -116,7 +83,7 @@ def test_rotation_during_a_running_fmin_loses_no_trial(
         client.close()
 
         # the old password is refused, the new one accepted; the workers and the server run with it
-        stale = _client(local.state_dir, old)
+        stale = local.client(old, timeout_ms=5000)
         with pytest.raises(OperationFailure, match=r"(?i)auth"):
             stale.hyperopt.command("ping")
         stale.close()

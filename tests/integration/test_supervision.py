@@ -8,7 +8,6 @@ supervisord are ever signalled; teardown stops it with stop.yml and kills what i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -39,16 +38,7 @@ class Cluster:
         return int(re.search(r"^localhost\s*:.*\bchanged=(\d+)", proc.stdout, re.M).group(1))
 
     def client(self) -> pymongo.MongoClient:
-        info = json.loads((self.inv.state_dir / "server.json").read_text())
-        password = (self.inv.state_dir / "mongodb.password").read_text().strip()
-        return pymongo.MongoClient(
-            "127.0.0.1",
-            int(info["port"]),
-            username=info["username"],
-            password=password,
-            authSource=info["dbname"],
-            serverSelectionTimeoutMS=10000,
-        )
+        return self.inv.client()
 
 
 def running(state: str, pid: int | None) -> bool:
