@@ -184,6 +184,35 @@ def test_cold_run_starts_three_worker_programs(setup):
     assert all("connected" in log.read_text() for log in logs), [log.read_text() for log in logs]
 
 
+def _tree_bytes(root: Path) -> int:
+    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_cold_run_on_the_control_node_reuses_its_packages(setup):
+    """hyperopt_worker_base_python auto: the workers run on the control node under supervisord as this
+    user, so their venv reuses the packages of the Python that runs Ansible instead of installing its own
+    hyperopt, numpy, scipy (~250 MB); the project's wheel is still the venv's own."""
+    site = setup.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    pth = site / "_pyhoptcluster_base.pth"
+    assert pth.is_file(), sorted(p.name for p in site.iterdir())
+    assert not (site / "hyperopt").exists() and not (site / "scipy").exists()
+    assert (site / "pyhoptcluster").is_dir()
+    where = subprocess.run(
+        [
+            str(setup.venv / "bin/python"),
+            "-c",
+            "import hyperopt as h, pyhoptcluster as p; print(h.__file__, p.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=setup.tmp,  # not the checkout, whose pyhoptcluster/ "python -c" would import first
+    ).stdout.split()
+    assert where[0].startswith(sys.prefix), where
+    assert where[1].startswith(str(site)), where
+    assert _tree_bytes(setup.venv) < 60 * 2**20, _tree_bytes(setup.venv)
+
+
 def test_config_file_is_0600_and_the_password_stays_secret(setup):
     config = setup.state_dir / "worker.conf"
     assert config.stat().st_mode & 0o777 == 0o600
