@@ -17,6 +17,9 @@ The predecessor (lazycluster 0.2.4) measured on 3 SSH hosts: start(worker_count=
 cleanup() 2.4 s (figures recorded by the team, not measured here); the table prints the ratio
 against those.
 
+The cold, warm and cleanup times against the host count are written to ``bench/out/deploy_hosts.png``
+(bench/curves.py), with lazycluster's figures as baselines.
+
 Usage (root, needs the test bed): ``python bench/deploy.py [--hosts 1 3 6] [--name bench]
 [--subnet 10.231.4]``. Hosts are always torn down at the end.
 """
@@ -32,7 +35,8 @@ import time
 from pathlib import Path
 
 import yaml
-from dispatch import run_fmin, worker_span  # bench/ is sys.path[0] when run as a script
+from curves import write_curve  # bench/ is sys.path[0] when run as a script
+from dispatch import run_fmin, worker_span
 
 from pyhoptcluster import HyperoptCluster
 
@@ -41,6 +45,7 @@ LAZYCLUSTER_START_S = 10.1
 LAZYCLUSTER_CLEANUP_S = 2.4
 OBJECTIVE_S = 0.2
 TRIALS_PER_WORKER = 10
+CURVES = (("cold start", "cold"), ("warm start", "warm"), ("cleanup", "cleanup"))
 
 
 def slow_objective(x: float) -> float:  # pickled by value (this is __main__)
@@ -142,6 +147,20 @@ def main() -> None:
             f" {r['util']:8.0%} {r['util_p']:9.0%} {r['util_q']:5.0%} {r['cleanup']:9.1f}"
             f" {r['warm'] / LAZYCLUSTER_START_S:9.0%} {r['cleanup'] / LAZYCLUSTER_CLEANUP_S:12.0%}"
         )
+    write_curve(
+        "deploy_hosts",
+        "start() and cleanup() against hosts (2 workers per host, systemd test hosts)",
+        "hosts",
+        "seconds",
+        {
+            k: [(n, r[key]) for n, r in rows]
+            for k, key in (("cold start", "cold"), ("warm start", "warm"), ("cleanup", "cleanup"))
+        },
+        baselines={
+            "lazycluster start, 3 hosts": LAZYCLUSTER_START_S,
+            "lazycluster cleanup": LAZYCLUSTER_CLEANUP_S,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@ Prints, from one run on this machine:
   * in-process ``Trials()`` (no server, no workers) — the upper bound of hyperopt itself;
   * the server's raw reservation rate: ``find_one_and_update`` from one client, the ceiling of any
     Mongo-mode worker pool;
-  * pyhoptcluster's workers (inventories/local) with 1, 2, 4 workers, 200 trials of a trivial objective;
+  * pyhoptcluster's workers (inventories/local) with 1, 2, 4, 8, 16 workers, 200 trials of a trivial
+    objective (the queue holds them all, so the driver never waits for a slot);
   * stock hyperopt worker settings (one interpreter per job, sleep uniform(1, 5 s), fmin
     max_queue_len=1) on a throwaway auth-less server, fewer trials because it is slow.
 
 Worker throughput is measured from the job documents (first ``book_time`` to last
 ``refresh_time``), so the driver's 1 s poll does not hide it; the driver's wall-clock rate is printed
-beside it. Usage: ``python bench/dispatch.py [--trials 200] [--workers 1 2 4] [--stock-trials 12]``.
+beside it. The curve of both against the worker count, with the server's raw rate as the baseline, is
+written to ``bench/out/dispatch_workers.png`` (bench/curves.py). Usage: ``python bench/dispatch.py
+[--trials 200] [--workers 1 2 4 8 16] [--stock-trials 12]``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import cloudpickle
 import pymongo
+from curves import write_curve  # bench/ is sys.path[0] when run as a script
 from hyperopt import Trials, fmin, hp, rand
 from hyperopt.mongoexp import MongoTrials
 
@@ -189,12 +193,13 @@ def bench_stock(n: int, workers: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--stock-trials", type=int, default=12)
     parser.add_argument("--inventory", default=str(ROOT / "inventories" / "local"))
     args = parser.parse_args()
 
     rows: list[tuple[str, float, float | None]] = []
+    curve: dict[str, list[tuple[float, float]]] = {"workers (job documents)": [], "driver wall clock": []}
     rows.append(("in-process Trials()", bench_in_process(args.trials), None))
 
     cluster = HyperoptCluster(args.inventory)
@@ -210,6 +215,8 @@ def main() -> None:
             print(f"start_workers({k}): {time.perf_counter() - t0:.1f} s", flush=True)
             rate, wall = run_experiment(cluster.mongo_trial_url, f"bench-{k}", args.trials, args.trials)
             rows.append((f"pyhoptcluster, {k} worker(s), {args.trials} trials", rate, wall))
+            curve["workers (job documents)"].append((k, rate))
+            curve["driver wall clock"].append((k, wall))
     finally:
         t0 = time.perf_counter()
         cluster.cleanup()
@@ -223,6 +230,15 @@ def main() -> None:
     for name, rate, wall in rows:
         wall_s = f"{wall:9.2f}/s" if wall is not None else ""
         print(f"{name:58} {rate:9.2f} {wall_s:>12} {rate / raw:7.0%}")
+    write_curve(
+        "dispatch_workers",
+        f"Trials/s against workers ({args.trials} trivial trials, local cluster)",
+        "workers",
+        "trials/s",
+        curve,
+        baselines={f"server raw reservations {raw:.0f}/s": raw},
+        log_x=True,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ real ``pyhoptcluster-worker`` processes:
     ``rand.suggest`` run of a trivial objective on 4 workers — target: the last window >= 80 % of
     the first.
 
-Usage: ``python bench/driver.py [--trials 10000] [--gap-trials 60] [--util-trials 80]``.
+The utilisation of 4 workers against the objective's time (0.05-2 s, push and poll) is written to
+``bench/out/driver_utilisation.png``, the per-window rate of the long run to
+``bench/out/driver_windows.png`` (bench/curves.py).
+
+Usage: ``python bench/driver.py [--trials 10000] [--gap-trials 60] [--util-trials 80]
+[--objectives 0.05 0.1 0.25 0.5 1 2]``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 
 import cloudpickle
 import pymongo
+from curves import write_curve  # bench/ is sys.path[0] when run as a script
 from hyperopt import fmin, hp, rand
 from hyperopt.mongoexp import MongoTrials
 
@@ -49,6 +55,14 @@ def trivial(x: float) -> float:
 def quarter_second(x: float) -> float:
     time.sleep(0.25)
     return x * x
+
+
+def sleeping(seconds: float):
+    def objective(x: float) -> float:
+        time.sleep(seconds)
+        return x * x
+
+    return objective
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -160,8 +174,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10000)
     parser.add_argument("--gap-trials", type=int, default=60)
     parser.add_argument("--util-trials", type=int, default=80)
+    parser.add_argument("--objectives", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 1.0, 2.0])
     args = parser.parse_args()
     rows = []
+    curve: dict[str, list[tuple[float, float]]] = {}
     for name, standalone in (("push (replica set)", False), ("poll (--standalone)", True)):
         server = Server(standalone)
         try:
@@ -169,11 +185,28 @@ def main() -> None:
             util = utilisation(run(server, "util", quarter_second, args.util_trials, 4, 4), 4)
             q = statistics.quantiles(gaps, n=10)
             rows.append((name, statistics.median(gaps), q[8], util))
+            points = curve.setdefault(name, [])
+            for seconds in args.objectives:  # 4 trials per worker, at least 4 s of work per point
+                n = 4 * max(4, round(4 / seconds))
+                jobs = run(server, f"util-{seconds}", sleeping(seconds), n, 4, 4)
+                points.append((seconds, 100 * utilisation(jobs, 4)))
         finally:
             server.close()
     print(f"\n{'server':22} {'gap p50 ms':>10} {'gap p90 ms':>10} {'util 4 workers':>15}")
     for name, p50, p90, util in rows:
         print(f"{name:22} {p50:10.1f} {p90:10.1f} {util:15.0%}")
+    print("\nutilisation of 4 workers, max_queue_len=4, by objective seconds:")
+    for name, points in curve.items():
+        print(f"  {name:22} " + "  ".join(f"{s:g} s: {u:.0f} %" for s, u in points))
+    write_curve(
+        "driver_utilisation",
+        "Utilisation of 4 workers against objective time (max_queue_len=4, no poll tuning)",
+        "objective seconds",
+        "utilisation %",
+        curve,
+        baselines={"target 90 %": 90.0},
+        log_x=True,
+    )
 
     if args.trials >= 2000:
         server = Server(standalone=False)
@@ -187,6 +220,14 @@ def main() -> None:
         print(f"\n{args.trials} trials on 4 workers in {wall:.0f} s; trials/s per 1,000-trial window:")
         print("  " + " ".join(f"{r:.1f}" for r in rates))
         print(f"  last window / first: {rates[-1] / rates[0]:.0%}")
+        write_curve(
+            "driver_windows",
+            f"Dispatch rate per 1,000-trial window ({args.trials} trials, 4 workers, rand.suggest)",
+            "trials so far",
+            "trials/s",
+            {"push": [(1000 * (i + 1), r) for i, r in enumerate(rates)]},
+            baselines={"80 % of the first window": 0.8 * rates[0]},
+        )
 
 
 if __name__ == "__main__":
