@@ -63,6 +63,14 @@ def stop_self(x: float) -> float:
     return 0.0
 
 
+def counted(x: float) -> dict:
+    """(x - 3)^2, and one line "<pid> <x>" appended to ``$PYHOPTCLUSTER_TEST_CALLS`` per call, so a test
+    can count how often each trial ran."""
+    with open(os.environ["PYHOPTCLUSTER_TEST_CALLS"], "a") as f:
+        f.write(f"{os.getpid()} {float(x)!r}\n")
+    return {"loss": (x - 3.0) ** 2, "status": STATUS_OK, "pid": os.getpid()}
+
+
 def sleep_02(x: float) -> float:
     """A 0.2 s objective, as in the utilisation benchmarks."""
     time.sleep(0.2)

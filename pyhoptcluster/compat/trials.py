@@ -249,6 +249,9 @@ def _trials_insert_trial_docs(self, docs):
 
 
 def _trials_count_by_state_unsynced(self, arg):
+    cached = refresh.cached_count(self, arg)
+    if cached is not None:  # fmin's count of DONE right after its refresh (refresh.py)
+        return cached
     exp_key = self._exp_key
     if isinstance(arg, int):
         if arg not in JOB_STATES:

@@ -39,7 +39,7 @@ mode 0600); without ``--config`` the same keys are read from the environment:
                                             order: the k-th gets GPU k mod len(GPUS)
 ==========================================  ==================================================
 
-How it works: one process with one connection reserves a job with ``find_one_and_update``
+How it works: one process with one connection reserves a job with a compare-and-set update
 (owner ``<hostname>:<instance>:<pid>``, plus a lease: see :mod:`pyhoptcluster.worker.liveness`), runs it
 and writes the result in one update, then reserves the next; a heartbeat thread refreshes the
 running job, writes the worker's record (collection ``workers``) and reclaims stale jobs of dead

@@ -4,6 +4,8 @@ workers, a real fmin; request counts from the server's own opcounters."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -83,3 +85,45 @@ def test_driver_wakes_on_finished_trials_instead_of_sleeping_its_poll_interval(s
     driver.join(50)  # the 5 refills after the first would take 5 x 60 s polling
     assert not driver.is_alive(), "the driver slept its poll interval instead of waking on finished trials"
     assert [j["state"] for j in all_jobs(server, exp_key)] == [JOB_STATE_DONE] * 12
+
+
+def test_many_workers_and_a_slow_server_run_every_trial_exactly_once(secantusd, workers, tmp_path):
+    """Eight workers woken by change streams, the driver's incremental refresh and its cached count of
+    finished trials, and a server that keeps freezing (SIGSTOP 0.2 s of every 0.5 s): every trial is
+    reserved by one worker, run once and recorded DONE once."""
+    server = secantusd.start(standalone=False)
+    url, exp_key, n = server.trials_url(), "exactly-once", 80
+    calls = tmp_path / "calls.txt"
+    config = write_config(tmp_path / "w.conf", MONGO_URL=url, EXP_KEY=exp_key, POLL_INTERVAL="0.1")
+    started = [workers.start(config, str(i), env={"PYHOPTCLUSTER_TEST_CALLS": str(calls)}) for i in range(8)]
+    for w in started:
+        wait_for(lambda w=w: "queue empty" in w.log(), 60, f"worker {w.instance} to go idle")
+    done = threading.Event()
+
+    def freeze_server_again_and_again() -> None:
+        try:
+            while not done.is_set():
+                os.kill(server.pid, signal.SIGSTOP)
+                time.sleep(0.2)  # the server frozen: requests pile up in its socket
+                os.kill(server.pid, signal.SIGCONT)
+                done.wait(0.3)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+    slow = threading.Thread(target=freeze_server_again_and_again, daemon=True)
+    slow.start()
+    try:
+        fmin_within(600, url, exp_key, objectives.counted, n, max_queue_len=8)
+    finally:
+        done.set()
+        slow.join(10)
+    jobs = all_jobs(server, exp_key)
+    assert [j["state"] for j in jobs] == [JOB_STATE_DONE] * n
+    assert sorted(j["tid"] for j in jobs) == sorted({j["tid"] for j in jobs})
+    ran = [line.split()[1] for line in calls.read_text().splitlines()]
+    assert len(ran) == n, f"{len(ran)} objective calls for {n} trials"
+    assert sorted(ran) == sorted(repr(float(j["misc"]["vals"]["x"][0])) for j in jobs)
+    assert len({j["owner"] for j in jobs}) > 1  # the trials were spread over the workers
+    for w in started:
+        assert "no change streams" not in w.log()
+        assert w.stop() == 0
