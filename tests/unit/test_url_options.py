@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyhoptcluster.compat.mongourl import client_options, parse_url
+from pyhoptcluster.compat.mongourl import client_options, connection_from_string, parse_url
 from pyhoptcluster.control.state import ClusterInfo
 
 URL = "mongo://u:p@db.example:27017/hyperopt/jobs"
@@ -66,3 +66,14 @@ def test_a_tls_cluster_publishes_urls_with_its_ca() -> None:
     )
     assert _info().mongo_url(collection="jobs") == "mongo://10.0.0.5:27017/hyperopt/jobs"
     assert _info().pymongo_uri() == "mongodb://10.0.0.5:27017/hyperopt?directConnection=true"
+
+
+def test_retryable_writes_are_off_unless_the_url_turns_them_on() -> None:
+    """The driver and the workers retry themselves; SecantusDB would keep a record of every retryable
+    write and scan them all on each write (mongourl.connection_with_tunnel)."""
+    for query, expected in (("", False), ("?retryWrites=true", True), ("?retryWrites=false", False)):
+        client, _tunnel, _db, _coll = connection_from_string(f"mongo://127.0.0.1:9/hyperopt/jobs{query}")
+        try:  # no user: pymongo connects lazily, so no server is needed to read the client's options
+            assert client.options.retry_writes is expected, query
+        finally:
+            client.close()
