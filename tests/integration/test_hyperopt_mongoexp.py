@@ -37,6 +37,10 @@ SUITE_PORT = 22334  # fixed in TempMongo
 SUITE_WORKDIR = "/tmp/hyperopt_test"  # fixed in TempMongo
 LOCK_PATH = f"/tmp/pyhoptcluster-hyperopt-suite-{SUITE_PORT}.lock"
 EXPECTED_TESTS = 12
+# the suite takes ~25 s; one of its thread tests hung once (a worker loop that gives up leaves fmin
+# waiting forever): dump the stacks after HANG_DUMP_S, give up after SUITE_TIMEOUT_S
+HANG_DUMP_S = 90
+SUITE_TIMEOUT_S = 240
 
 MONGOD_STANDIN = """#!/bin/sh
 # Stand-in for `mongod` used by hyperopt's TempMongo: translate its flags for secantusd-py.
@@ -61,6 +65,13 @@ WORKER_STANDIN = """#!/bin/sh
 exec %(python)s -c '%(code)s' "$@"
 """
 WORKER_CODE = "import sys, pyhoptcluster; from hyperopt.mongoexp import main; sys.argv[0] = %r; main()"
+
+
+def _text(output: bytes | str | None) -> str:
+    """What a timed-out child wrote (bytes on POSIX even with text=True)."""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
 
 
 def _port_in_use(port: int) -> bool:
@@ -137,6 +148,9 @@ def test_hyperopt_mongoexp_suite_passes_on_pymongo4(
         SUITE,
         "-q",
         f"--junitxml={junit}",
+        # a test of the suite that hangs (its threads wait on each other) dumps every thread's stack
+        "-o",
+        f"faulthandler_timeout={HANG_DUMP_S}",
     ]
     with open(LOCK_PATH, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # someone else on this machine may run the suite right now
@@ -144,7 +158,13 @@ def test_hyperopt_mongoexp_suite_passes_on_pymongo4(
             if _port_in_use(SUITE_PORT):
                 pytest.fail(f"port {SUITE_PORT} (fixed by hyperopt's TempMongo) is taken by another process")
             t0 = time.monotonic()
-            proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+            try:
+                proc = subprocess.run(
+                    cmd, cwd=tmp_path, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S
+                )
+            except subprocess.TimeoutExpired as exc:  # say where it hung: the faulthandler's dump
+                out = _text(exc.stdout) + _text(exc.stderr)
+                pytest.fail(f"hyperopt's suite did not finish in {SUITE_TIMEOUT_S} s:\n{out[-12000:]}")
             duration = time.monotonic() - t0
         finally:
             leftovers = _stop_leftovers(pidfile)

@@ -1,10 +1,11 @@
-"""Run by a base Python (tasks/install_runtime.yml): may the worker venv reuse its packages?
+"""Run by a base Python (tasks/install_runtime.yml): what the worker venv reuses of its packages.
 
 argv[1:]: the requirements the workers need (hyperopt_worker_pip_packages, PEP 508 strings). Prints
-one JSON object: ok (every requirement is installed there, in a version it allows), missing
-(requirement -> what is wrong), site (its site-packages directories, which the worker venv's ``.pth``
-adds) and python (major.minor). Standard library plus ``packaging`` (ansible-core's dependency, or
-pip's vendored copy); it imports none of the packages it checks.
+one JSON object: site (its site-packages directories, which the worker venv's ``.pth`` adds), python
+(major.minor), ok (every requirement is installed there, in a version it allows) and missing
+(requirement -> what is wrong: pip installs those into the venv). Standard library plus
+``packaging`` (ansible-core's dependency, or pip's vendored copy); it imports none of the packages it
+checks.
 """
 
 import importlib.metadata
