@@ -34,7 +34,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,8 @@ from pathlib import Path
 
 import yaml
 from curves import write_curve  # bench/ is sys.path[0] when run as a script
-from dispatch import SPACE, run_fmin, worker_span
-from hyperopt import fmin, tpe
-from hyperopt.mongoexp import MongoTrials
+from dispatch import free_port, run_fmin, worker_span
+from hyperopt import tpe
 
 from pyhoptcluster import HyperoptCluster
 
@@ -76,13 +74,7 @@ def utilisation(url: str, workers: int, exp_key: str, max_queue_len: int, poll: 
 def side_by_side(url: str, workers: int) -> tuple[float, float]:
     """The peer's scenario through pyhoptcluster: (fmin trials/s, utilisation)."""
     n = TRIALS_PER_WORKER * workers
-    trials = MongoTrials(url, exp_key="bench-side-by-side")
-    trials.delete_all()
-    t0 = time.perf_counter()
-    fmin(slow_objective, SPACE, algo=tpe.suggest, max_evals=n, trials=trials, max_queue_len=workers,
-         show_progressbar=False)  # fmt: skip
-    wall = time.perf_counter() - t0
-    trials.refresh()
+    trials, wall = run_fmin(url, "bench-side-by-side", n, workers, fn=slow_objective, algo=tpe.suggest)
     done, span = worker_span(trials)
     trials.delete_all()
     return done / wall, done * OBJECTIVE_S / (workers * span)
@@ -144,12 +136,6 @@ def run_peer(info, workers: int) -> dict[str, float]:
         subprocess.run([str(PEER_VENV / "bin/python"), str(ROOT / "bench/peer_lazycluster.py"), "mongod",
                         "--shutdown", f"--dbpath={bindir / 'None'}"], cwd=bindir, check=False)  # fmt: skip
         shutil.rmtree(bindir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load_testbed():  # tests/hosts is not a package

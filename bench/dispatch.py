@@ -91,7 +91,13 @@ def _worker_side_rate(trials: MongoTrials) -> float:
 
 
 def run_fmin(
-    url: str, exp_key: str, n: int, max_queue_len: int, fn=objective, poll_interval: float | None = None
+    url: str,
+    exp_key: str,
+    n: int,
+    max_queue_len: int,
+    fn=objective,
+    poll_interval: float | None = None,
+    algo=rand.suggest,
 ) -> tuple[MongoTrials, float]:
     """fmin of ``n`` trials of ``fn`` through MongoTrials; (the refreshed trials, driver wall seconds).
     ``poll_interval``: the driver's poll (``trials.poll_interval_secs``), hyperopt's 1 s if None."""
@@ -103,7 +109,7 @@ def run_fmin(
     fmin(
         fn,
         SPACE,
-        algo=rand.suggest,
+        algo=algo,
         max_evals=n,
         trials=trials,
         max_queue_len=max_queue_len,
@@ -124,7 +130,7 @@ def run_experiment(url: str, exp_key: str, n: int, max_queue_len: int) -> tuple[
     return rate, _rate(n, wall)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -137,7 +143,7 @@ def bench_stock(n: int, workers: int) -> tuple[float, float]:
         Path("~/.local/share/pyhoptcluster/secantusdb-venv/bin/secantusd-py").expanduser()
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-stock-"))
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             secantusd,
