@@ -2,7 +2,8 @@
 server certificate made on the control node with community.crypto, SecantusDB speaking only TLS, the
 workers given the CA, and the URLs the facade publishes carrying ``?tls=true&tlsCAFile=…``. A real
 fmin runs through plain MongoTrials; a plaintext client and a client trusting another CA are refused;
-a second start changes nothing (no new certificate, no restart).
+a second start changes nothing (no new certificate, no restart) and skips the TLS phase, which runs
+again when a copy on the server host or the control node's record no longer matches.
 """
 
 from __future__ import annotations
@@ -65,6 +66,27 @@ def test_the_roles_bring_up_a_tls_cluster_and_fmin_runs_over_it(tmp_path: Path) 
         cluster.start(worker_count=2)
         assert (tls_dir / "server-localhost.pem").read_bytes() == cert
         assert local.pids() == pids
+        # ... and it skipped the TLS phase: the probe saw the copies, the record matched
+        warm = cluster._master.runs[-1].output
+        assert "Create the CA's private key" not in warm and "Copy the server's private key" not in warm
+        # a key copy removed on the server host is put back, and the server restarts with it
+        host_key = local.state_dir / "tls" / "server.key"
+        host_key.unlink()
+        cluster.start(worker_count=2)
+        assert host_key.read_bytes() == (tls_dir / "server-localhost.key").read_bytes()
+        assert oct(host_key.stat().st_mode & 0o777) == "0o600"
+        assert local.pids()["hyperopt-mongodb"] != pids["hyperopt-mongodb"]
+        assert (tls_dir / "server-localhost.pem").read_bytes() == cert
+        # a record that no longer matches (certificates made for other names) runs the phase again:
+        # the certificate still fits today's names, so it is kept and the record written anew
+        record = tls_dir / "server-localhost.record.json"
+        written = record.read_text()
+        assert "PRIVATE" not in written and '"subject_alt_name"' in written
+        record.write_text(written.replace("127.0.0.1", "192.0.2.1"))
+        cluster.start(worker_count=2)
+        assert "Create the CA's private key" in cluster._master.runs[-1].output
+        assert record.read_text() == written
+        assert (tls_dir / "server-localhost.pem").read_bytes() == cert
         # a fresh facade (a restarted notebook) attaches over TLS too
         assert HyperoptCluster(str(local.path)).status().server.up
     finally:
