@@ -18,6 +18,12 @@ description:
   - Uses only the Python standard library (it speaks the wire protocol itself), so it runs on any
     host's C(python3) without pymongo. TLS with O(tls_ca_file) (the C(ssl) module), verifying the
     server's certificate and its name or address against O(host).
+  - With O(state=closed) it waits the other way round, until nothing accepts connections on
+    O(host):O(port) (a connection refused). Each try connects (and with O(tls_ca_file) or
+    O(tls_handshake) completes the TLS handshake) and closes again, which also wakes a server that
+    sits in C(accept) while it shuts down (SecantusDB 0.7 joins its accept thread for up to 2 s at
+    SIGTERM, and a connection lets that thread see the stop at once). Run it in the background
+    (C(async) with C(poll=0)) before stopping such a server.
   - Read-only, never reports a change; runs in check mode too.
 options:
   host:
@@ -44,6 +50,17 @@ options:
     description: With O(tls_ca_file), present this client certificate and its key (one PEM; mutual TLS).
     type: path
     default: ""
+  state:
+    description: C(answering) waits until the server answers ping, C(closed) until the port is closed.
+    type: str
+    choices: [answering, closed]
+    default: answering
+  tls_handshake:
+    description: With O(state=closed), complete a TLS handshake on each try without verifying the
+      server (a TLS server that only sees a connection closed logs a failed handshake). Ignored
+      with O(tls_ca_file).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -59,11 +76,19 @@ EXAMPLES = r"""
     host: 127.0.0.1
     port: 27017
     timeout: 10
+
+- name: Poke the server until its port is closed, in the background, while it stops
+  pyhoptcluster.cluster.mongo_ping:
+    port: 27017
+    state: closed
+    interval: 0.05
+  async: 40
+  poll: 0
 """
 
 RETURN = r"""
 elapsed:
-  description: Seconds until the server answered.
+  description: Seconds until the server answered (O(state=closed), until the port was closed).
   returned: success
   type: float
   sample: 0.43
@@ -174,6 +199,47 @@ def ping_once(host: str, port: int, timeout: float, tls_ca_file: str = "", tls_c
         return _top_level(rest[5:])
 
 
+def knock(host: str, port: int, timeout: float, tls_ca_file: str = "", tls_handshake: bool = False) -> None:
+    """Connect (and complete a TLS handshake when asked: verified against ``tls_ca_file``, else not
+    verified) and close again. Raises ConnectionRefusedError when nothing listens."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        if tls_ca_file or tls_handshake:
+            context = ssl.create_default_context(cafile=tls_ca_file or None)
+            if not tls_ca_file:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            context.wrap_socket(raw, server_hostname=host).close()
+
+
+def wait_closed(module: AnsibleModule) -> None:
+    """state=closed: try until a connection is refused (each try wakes a server blocked in accept())."""
+    p = module.params
+    host, port, timeout, interval = p["host"], p["port"], p["timeout"], max(p["interval"], 0.01)
+    start = time.monotonic()
+    deadline, attempts = start + timeout, 0
+    while True:
+        attempts += 1
+        try:
+            knock(
+                host,
+                port,
+                max(min(deadline - time.monotonic(), 2.0), interval),
+                p["tls_ca_file"],
+                p["tls_handshake"],
+            )
+        except ConnectionRefusedError:
+            module.exit_json(changed=False, elapsed=round(time.monotonic() - start, 3), attempts=attempts)
+        except (OSError, ValueError):
+            pass  # it accepted and dropped us, or timed out: still there
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        time.sleep(min(interval, deadline - now))
+    module.fail_json(
+        msg=f"the port {host}:{port} still accepts connections after {timeout:g} s", attempts=attempts
+    )
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -183,9 +249,13 @@ def main() -> None:
             "interval": {"type": "float", "default": 0.1},
             "tls_ca_file": {"type": "path", "default": ""},
             "tls_client_file": {"type": "path", "default": ""},
+            "state": {"type": "str", "default": "answering", "choices": ["answering", "closed"]},
+            "tls_handshake": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
+    if module.params["state"] == "closed":
+        wait_closed(module)
     host, port = module.params["host"], module.params["port"]
     timeout, interval = module.params["timeout"], max(module.params["interval"], 0.01)
     start = time.monotonic()
