@@ -111,8 +111,31 @@ class Supervisor:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        # what supervisord no longer knows of (it lost the program, or did not answer) but still runs
+        # with this cluster's state dir in its command line, e.g. a server whose config file lives there
+        for pid in self.strays():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         if self.sock.parent != self.dir:  # the socket's own dir in /tmp (a supervisor dir too long for it)
             shutil.rmtree(self.sock.parent, ignore_errors=True)
+
+    def strays(self) -> list[int]:
+        """Live processes whose command line names a file in this supervisor's state dir (its parent)."""
+        state = str(self.dir.parent.resolve()) + "/"
+        if state.count("/") < 4:  # never a sweep over a shared top-level dir
+            return []
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if state in cmdline and _alive(int(proc.name)):
+                    found.append(int(proc.name))
+        return found
 
 
 @dataclass
