@@ -26,7 +26,14 @@ def home() -> Iterator[Path]:
     try:
         yield path
     finally:
+        # what a failed example left running there (its supervisord, server, workers), by pid
+        _inventory(path).kill_leftovers()
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _inventory(home: Path) -> LocalInventory:
+    share = home / ".local" / "share" / "pyhoptcluster"
+    return LocalInventory(ROOT / "inventories" / "local", share, share / "workers")
 
 
 def test_readme_python_example_runs_and_cleans_up(home: Path) -> None:
@@ -45,6 +52,6 @@ def test_readme_python_example_runs_and_cleans_up(home: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "{'x':" in proc.stdout and "'localhost': [1, 2]" in proc.stdout
-    inventory = LocalInventory(ROOT / "inventories" / "local", share, share / "workers")
+    inventory = _inventory(home)
     assert inventory.pids() == {}
     assert inventory.supervisor.supervisord_pid() is None, "cleanup() stops supervisord too"
